@@ -1,0 +1,119 @@
+//! Configuration: every flag of the contract's "Running it" table, each with
+//! its environment variable (flags win), parsed with clap.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+
+/// Default listen address.
+pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
+/// Default time a stream waits for its outcome before `event: timeout`.
+pub const DEFAULT_PUSH_TIMEOUT: &str = "300s";
+/// Default interval of keep-alive comments on a waiting stream.
+pub const DEFAULT_KEEP_ALIVE: &str = "15s";
+/// Default time an outcome is remembered.
+pub const DEFAULT_OUTCOME_TTL: &str = "15m";
+/// Default cap of waiting streams per payment.
+pub const DEFAULT_MAX_STREAMS_PER_PAYMENT: &str = "16";
+/// File descriptors kept free for callbacks, Redis, the listener and logs when
+/// the total stream limit is sized from the open-file limit.
+pub const RESERVED_FDS: u64 = 512;
+
+/// paypush: tells a waiting checkout page, the instant it happens, that its
+/// payment went through.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "paypush", version, about, long_about = None)]
+pub struct Cli {
+    /// The server's settings.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+/// The server's settings.
+#[derive(Args, Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "PAYPUSH_BIND", default_value = DEFAULT_BIND, value_name = "ADDR")]
+    pub bind: SocketAddr,
+
+    /// How long a stream waits for its outcome before `event: timeout` (e.g. 300s, 2m).
+    #[arg(long, env = "PAYPUSH_PUSH_TIMEOUT", default_value = DEFAULT_PUSH_TIMEOUT,
+          value_name = "DUR", value_parser = parse_duration)]
+    pub push_timeout: Duration,
+
+    /// Interval of keep-alive comments on a waiting stream.
+    #[arg(long, env = "PAYPUSH_KEEP_ALIVE", default_value = DEFAULT_KEEP_ALIVE,
+          value_name = "DUR", value_parser = parse_duration)]
+    pub keep_alive: Duration,
+
+    /// How long an outcome is remembered for late subscribers and duplicates.
+    #[arg(long, env = "PAYPUSH_OUTCOME_TTL", default_value = DEFAULT_OUTCOME_TTL,
+          value_name = "DUR", value_parser = parse_duration)]
+    pub outcome_ttl: Duration,
+
+    /// Waiting streams in the whole process [default: the open-file limit less a reserve].
+    #[arg(long, env = "PAYPUSH_MAX_STREAMS", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_streams: Option<u64>,
+
+    /// Waiting streams of one payment.
+    #[arg(long, env = "PAYPUSH_MAX_STREAMS_PER_PAYMENT", value_name = "N",
+          default_value = DEFAULT_MAX_STREAMS_PER_PAYMENT,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_streams_per_payment: u64,
+
+    /// Serve the demo page from this folder instead of the files built into the binary.
+    #[arg(long, env = "PAYPUSH_STATIC_DIR", value_name = "DIR")]
+    pub static_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// The total stream limit: `--max-streams`, or else the open-file limit
+    /// less [`RESERVED_FDS`].
+    pub fn stream_limit(&self, open_file_limit: u64) -> usize {
+        let limit = self
+            .max_streams
+            .unwrap_or_else(|| open_file_limit.saturating_sub(RESERVED_FDS).max(1));
+        usize::try_from(limit).unwrap_or(usize::MAX)
+    }
+}
+
+/// Parses `300ms`, `15s`, `2m`, `1h 30m`; zero is refused.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".to_string()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e} (write durations like 300ms, 15s, 2m)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let cli = Cli::try_parse_from(["paypush"]).unwrap();
+        let config = cli.serve;
+        assert_eq!(config.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.push_timeout, Duration::from_secs(300));
+        assert_eq!(config.keep_alive, Duration::from_secs(15));
+        assert_eq!(config.outcome_ttl, Duration::from_secs(900));
+        assert_eq!(config.max_streams_per_payment, 16);
+        assert_eq!(config.stream_limit(20_000), 19_488);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for args in [
+            &["paypush", "--push-timeout", "soon"][..],
+            &["paypush", "--keep-alive", "0s"],
+            &["paypush", "--max-streams", "0"],
+            &["paypush", "--bind", "localhost"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The API's errors and the one place that turns every rejection, ours or
+//! warp's, into the contract's JSON: `{"error":"<code>","message":"<sentence>"}`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use serde::Serialize;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reject::Rejection;
+use warp::reply::{Reply, Response};
+
+use crate::hub::SubscribeError;
+use crate::model::{InvalidCallback, Outcome, PayRecordId, Status};
+
+/// Seconds a client is told to wait (`Retry-After`) when paypush is full or
+/// cannot record an outcome.
+pub const RETRY_AFTER_SECS: u32 = 5;
+
+/// Everything the API refuses, with its status and code.
+#[derive(Debug, Clone)]
+pub enum ApiError {
+    /// `payRecordId` is missing, repeated or not `[1-9][0-9]*` within `i64`.
+    InvalidPayRecordId,
+    /// `status` is not SUCCESS, FAILED or CLOSED.
+    InvalidStatus,
+    /// The callback body is not the JSON object or form it claims to be.
+    InvalidBody(&'static str),
+    /// A different outcome is already recorded for the payment.
+    OutcomeConflict(Arc<Outcome>),
+    /// The payment has as many waiting streams as allowed.
+    TooManyStreams(PayRecordId),
+    /// The process has as many waiting streams as allowed.
+    OverCapacity,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// No route has this path.
+    NotFound,
+    /// The route exists, the method does not.
+    MethodNotAllowed,
+    /// The body is over the limit.
+    PayloadTooLarge,
+    /// The body is neither form-encoded nor JSON.
+    UnsupportedMediaType,
+    /// Something paypush did not expect; logged.
+    Internal,
+}
+
+impl warp::reject::Reject for ApiError {}
+
+#[derive(Serialize)]
+struct ErrorJson<'a> {
+    error: &'a str,
+    message: String,
+    #[serde(rename = "recordedStatus", skip_serializing_if = "Option::is_none")]
+    recorded_status: Option<Status>,
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidPayRecordId | ApiError::InvalidStatus | ApiError::InvalidBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::OutcomeConflict(_) => StatusCode::CONFLICT,
+            ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::OverCapacity | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The snake_case `error` code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidPayRecordId => "invalid_pay_record_id",
+            ApiError::InvalidStatus => "invalid_status",
+            ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::OutcomeConflict(_) => "outcome_conflict",
+            ApiError::TooManyStreams(_) => "too_many_streams",
+            ApiError::OverCapacity => "over_capacity",
+            ApiError::ShuttingDown => "shutting_down",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Internal => "internal_error",
+        }
+    }
+
+    /// One human sentence.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::InvalidPayRecordId => {
+                "payRecordId must be given once, as a decimal integer from 1 to 9223372036854775807 without sign, spaces or leading zeros.".into()
+            }
+            ApiError::InvalidStatus => "status must be SUCCESS, FAILED or CLOSED.".into(),
+            ApiError::InvalidBody(why) => format!("The callback body is not valid: {why}."),
+            ApiError::OutcomeConflict(outcome) => format!(
+                "Payment {} already has the outcome {}; the first outcome wins.",
+                outcome.pay_record_id, outcome.status
+            ),
+            ApiError::TooManyStreams(id) => {
+                format!("Payment {id} has as many open streams as allowed; close one first.")
+            }
+            ApiError::OverCapacity => "The server holds as many streams as it can; retry later.".into(),
+            ApiError::ShuttingDown => "The server is shutting down; retry on another instance.".into(),
+            ApiError::NotFound => "No such route.".into(),
+            ApiError::MethodNotAllowed => "This route does not accept that HTTP method.".into(),
+            ApiError::PayloadTooLarge => "The request body is over 16 KiB.".into(),
+            ApiError::UnsupportedMediaType => {
+                "Send the callback as application/x-www-form-urlencoded or application/json.".into()
+            }
+            ApiError::Internal => "Something went wrong on our side.".into(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<u32> {
+        matches!(self, ApiError::OverCapacity | ApiError::ShuttingDown).then_some(RETRY_AFTER_SECS)
+    }
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorJson {
+            error: self.code(),
+            message: self.message(),
+            recorded_status: match &self {
+                ApiError::OutcomeConflict(outcome) => Some(outcome.status),
+                _ => None,
+            },
+        };
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
+        if let Some(secs) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// Maps any rejection to the contract's JSON error; the only recover in the app.
+pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallible> {
+    let error = if let Some(error) = rejection.find::<ApiError>() {
+        error.clone()
+    } else if rejection.is_not_found() {
+        ApiError::NotFound
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::PayloadTooLarge
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
+        ApiError::UnsupportedMediaType
+    } else {
+        log::error!("unhandled rejection: {rejection:?}");
+        ApiError::Internal
+    };
+    match error.status() {
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+            log::debug!("refused: {}", error.code())
+        }
+        _ => log::warn!("refused: {} ({})", error.code(), error.message()),
+    }
+    Ok(error.into_response())
+}
+
+impl From<InvalidCallback> for ApiError {
+    fn from(invalid: InvalidCallback) -> ApiError {
+        match invalid {
+            InvalidCallback::PayRecordId => ApiError::InvalidPayRecordId,
+            InvalidCallback::Status => ApiError::InvalidStatus,
+            InvalidCallback::NotAnObject => ApiError::InvalidBody("it must be a JSON object"),
+        }
+    }
+}
+
+impl ApiError {
+    /// Why the hub refused a stream of payment `id`.
+    pub fn refused(error: SubscribeError, id: PayRecordId) -> ApiError {
+        match error {
+            SubscribeError::TooManyStreams => ApiError::TooManyStreams(id),
+            SubscribeError::OverCapacity => ApiError::OverCapacity,
+            SubscribeError::ShuttingDown => ApiError::ShuttingDown,
+        }
+    }
+}

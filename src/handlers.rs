@@ -1,0 +1,156 @@
+//! The handlers at the end of each filter chain: they call the hub and build
+//! replies. Errors leave as [`ApiError`] rejections, mapped to JSON in one place.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use warp::http::{HeaderMap, HeaderValue, StatusCode};
+use warp::reply::{Reply, Response};
+use warp::Rejection;
+
+use crate::error::ApiError;
+use crate::hub::{Completion, Subscription};
+use crate::metrics::CallbackResult;
+use crate::model::{single, Callback, CallbackJson, Outcome, PayRecordId};
+use crate::server::App;
+use crate::sse;
+
+/// The files of `static/`, built into the binary.
+static STATIC_FILES: include_dir::Dir<'_> = include_dir::include_dir!("$CARGO_MANIFEST_DIR/static");
+
+/// `GET /push`: the payment's event stream, its recorded outcome, or `204`
+/// when the client already has that outcome (`Last-Event-ID`).
+pub async fn push(
+    query: Vec<(String, String)>,
+    headers: HeaderMap,
+    app: App,
+) -> Result<Response, Rejection> {
+    let id = single(&query, "payRecordId")
+        .ok()
+        .flatten()
+        .and_then(|s| PayRecordId::parse(s).ok())
+        .ok_or(ApiError::InvalidPayRecordId)?;
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let mut response = match app.hub.subscribe(id) {
+        Ok(Subscription::Recorded(outcome)) if last_event_id == Some(&outcome.event_id()) => {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        Ok(Subscription::Recorded(outcome)) => {
+            warp::sse::reply(sse::recorded(outcome)).into_response()
+        }
+        Ok(Subscription::Waiting(waiting)) => {
+            let config = &app.config;
+            let stream = sse::waiting(
+                waiting,
+                config.push_timeout,
+                config.keep_alive,
+                app.metrics.clone(),
+            );
+            warp::sse::reply(stream).into_response()
+        }
+        Err(refused) => return Err(ApiError::refused(refused, id).into()),
+    };
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// `/pay-callback`: records the outcome (first one wins) and pushes it to
+/// every waiting stream of the payment.
+pub async fn callback(callback: Callback, app: App) -> Result<Response, Rejection> {
+    let Callback {
+        pay_record_id: id,
+        status,
+    } = callback;
+    let (outcome, duplicate) = match app.hub.complete(Outcome::new(id, status)) {
+        Completion::Recorded { outcome, notified } => {
+            log::info!("callback {id} {status}: recorded, {notified} streams notified");
+            app.metrics.callback(status, CallbackResult::Recorded);
+            (outcome, false)
+        }
+        Completion::Duplicate(outcome) => {
+            log::info!("callback {id} {status}: duplicate, nothing sent");
+            app.metrics.callback(status, CallbackResult::Duplicate);
+            (outcome, true)
+        }
+        Completion::Conflict(outcome) => {
+            log::warn!(
+                "callback {id} {status}: conflicts with recorded {}",
+                outcome.status
+            );
+            app.metrics.callback(status, CallbackResult::Conflict);
+            return Err(ApiError::OutcomeConflict(outcome).into());
+        }
+    };
+    Ok(warp::reply::json(&CallbackJson::new(&outcome, duplicate)).into_response())
+}
+
+/// `GET /healthz`
+pub async fn healthz() -> Result<Response, Rejection> {
+    Ok(warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response())
+}
+
+/// `GET /readyz`: in-memory mode is ready whenever it serves.
+pub async fn readyz() -> Result<Response, Rejection> {
+    Ok(warp::reply::json(&serde_json::json!({ "status": "ready" })).into_response())
+}
+
+/// `GET /metrics`
+pub async fn metrics(app: App) -> Result<Response, Rejection> {
+    let text = app.metrics.render(app.hub.stats()).map_err(|e| {
+        log::error!("cannot render metrics: {e}");
+        ApiError::Internal
+    })?;
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+/// A static file found for a request path: its name and contents.
+pub type StaticFile = (String, Cow<'static, [u8]>);
+
+/// Looks up `path` (empty: `index.html`) in `--static-dir`, or else in the
+/// files built into the binary; `404` when absent.
+pub async fn find_static_file(app: &App, path: &str) -> Result<StaticFile, Rejection> {
+    let name = if path.is_empty() { "index.html" } else { path };
+    let contents = match &app.config.static_dir {
+        Some(dir) => read_from_dir(dir, name).await,
+        None => STATIC_FILES
+            .get_file(name)
+            .map(|file| Cow::Borrowed(file.contents())),
+    };
+    contents
+        .map(|contents| (name.to_string(), contents))
+        .ok_or_else(warp::reject::not_found)
+}
+
+/// Serves a file found by [`find_static_file`].
+pub fn static_file((name, contents): StaticFile) -> Response {
+    let mime = mime_guess::from_path(&name).first_or_octet_stream();
+    let mut response = match contents {
+        Cow::Borrowed(bytes) => bytes.into_response(),
+        Cow::Owned(bytes) => bytes.into_response(),
+    };
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(mime.as_ref()) {
+        headers.insert(CONTENT_TYPE, value);
+    }
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Reads `dir/name`, refusing any name that could leave `dir`.
+async fn read_from_dir(dir: &Path, name: &str) -> Option<Cow<'static, [u8]>> {
+    let inside = name
+        .split('/')
+        .all(|segment| !segment.is_empty() && !segment.starts_with('.') && !segment.contains('\\'));
+    if !inside {
+        return None;
+    }
+    tokio::fs::read(dir.join(name)).await.ok().map(Cow::Owned)
+}

@@ -1,0 +1,449 @@
+//! The hub: the one registry of waiting streams and remembered outcomes, and
+//! the only place in paypush that takes a lock.
+//!
+//! It is a cheap-clone handle around an `Arc<Mutex<HashMap>>` keyed by
+//! [`PayRecordId`]. A payment is either *waiting*, with one oneshot sender per
+//! open stream, or *done*, with its outcome remembered until the outcome TTL.
+//! One background task purges expired outcomes: it sleeps until the next
+//! deadline (a `BTreeSet` ordered by instant) or until woken, so no request
+//! ever scans the map.
+//!
+//! The lock is a `std::sync::Mutex`: nothing awaits while holding it, and it is
+//! held for map operations only, released before any sender fires.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+use crate::model::{Outcome, PayRecordId};
+
+/// The hub's bounds, from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Open waiting streams in the whole process (`503 over_capacity` above).
+    pub max_streams: usize,
+    /// Open waiting streams of one payment (`429 too_many_streams` above).
+    pub max_streams_per_payment: usize,
+    /// How long an outcome is remembered for late subscribers and duplicates.
+    pub outcome_ttl: Duration,
+}
+
+/// A handle to the hub; clones share the same state.
+#[derive(Clone, Debug)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the purge task when an earlier deadline appears or on shutdown.
+    purge_task: Notify,
+    limits: Limits,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    payments: HashMap<PayRecordId, Entry>,
+    /// Outcome deadlines, earliest first, so the purge task finds the next one
+    /// without a scan.
+    expirations: BTreeSet<(Instant, PayRecordId)>,
+    /// Waiting streams alive now, across all payments.
+    open_streams: usize,
+    /// Tells a stream's own sender apart from the other streams of its payment.
+    next_waiter: u64,
+    /// Set once; after it, nothing new waits and the purge task stops.
+    shutdown: bool,
+}
+
+#[derive(Debug)]
+enum Entry {
+    Waiting(Vec<Waiter>),
+    Done {
+        outcome: Arc<Outcome>,
+        expires_at: Instant,
+    },
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    sender: oneshot::Sender<Arc<Outcome>>,
+}
+
+/// What [`Hub::subscribe`] gives a new stream.
+#[derive(Debug)]
+pub enum Subscription {
+    /// The payment already has an outcome: send it at once.
+    Recorded(Arc<Outcome>),
+    /// The stream is registered and waits for the outcome.
+    Waiting(Waiting),
+}
+
+/// A registered stream. Dropping it (client gone, timeout, shutdown) removes
+/// its sender from the hub at once.
+#[derive(Debug)]
+pub struct Waiting {
+    receiver: oneshot::Receiver<Arc<Outcome>>,
+    hub: Hub,
+    pay_record_id: PayRecordId,
+    waiter: u64,
+}
+
+/// Why a stream was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// The payment has `max_streams_per_payment` waiting streams already.
+    TooManyStreams,
+    /// The process has `max_streams` waiting streams already.
+    OverCapacity,
+    /// The hub is shutting down.
+    ShuttingDown,
+}
+
+/// What a callback did to the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    /// The outcome was recorded and sent to `notified` local streams.
+    Recorded {
+        /// The outcome now remembered.
+        outcome: Arc<Outcome>,
+        /// How many waiting streams it was sent to.
+        notified: usize,
+    },
+    /// The same status was already recorded; nothing was sent.
+    Duplicate(Arc<Outcome>),
+    /// A different status was already recorded; nothing changed.
+    Conflict(Arc<Outcome>),
+}
+
+/// A snapshot of the hub's size, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Waiting streams alive now.
+    pub open_streams: usize,
+    /// Payments with at least one waiting stream.
+    pub waiting_payments: usize,
+    /// Outcomes remembered now.
+    pub recorded_outcomes: usize,
+}
+
+impl Hub {
+    /// Creates a hub and spawns its purge task; must run inside a tokio runtime.
+    pub fn new(limits: Limits) -> Hub {
+        let hub = Hub {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                purge_task: Notify::new(),
+                limits,
+            }),
+        };
+        tokio::spawn(purge_expired_outcomes(hub.clone()));
+        hub
+    }
+
+    /// The hub's bounds.
+    pub fn limits(&self) -> Limits {
+        self.shared.limits
+    }
+
+    /// Registers a stream for `id`, or returns its recorded outcome.
+    pub fn subscribe(&self, id: PayRecordId) -> Result<Subscription, SubscribeError> {
+        let limits = self.shared.limits;
+        let mut state = self.lock();
+        if state.shutdown {
+            return Err(SubscribeError::ShuttingDown);
+        }
+        match state.payments.get(&id) {
+            Some(Entry::Done { outcome, .. }) => {
+                return Ok(Subscription::Recorded(outcome.clone()))
+            }
+            Some(Entry::Waiting(waiters)) if waiters.len() >= limits.max_streams_per_payment => {
+                return Err(SubscribeError::TooManyStreams);
+            }
+            _ => {}
+        }
+        if state.open_streams >= limits.max_streams {
+            return Err(SubscribeError::OverCapacity);
+        }
+        let waiter = state.next_waiter;
+        state.next_waiter += 1;
+        state.open_streams += 1;
+        let (sender, receiver) = oneshot::channel();
+        if let Entry::Waiting(waiters) = state
+            .payments
+            .entry(id)
+            .or_insert_with(|| Entry::Waiting(Vec::new()))
+        {
+            waiters.push(Waiter { id: waiter, sender });
+        }
+        Ok(Subscription::Waiting(Waiting {
+            receiver,
+            hub: self.clone(),
+            pay_record_id: id,
+            waiter,
+        }))
+    }
+
+    /// Records `outcome` unless its payment has one, then sends it to every
+    /// waiting stream of the payment. First outcome wins.
+    pub fn complete(&self, outcome: Outcome) -> Completion {
+        let ttl = self.shared.limits.outcome_ttl;
+        let expires_at = Instant::now() + ttl;
+        let id = outcome.pay_record_id;
+        let outcome = Arc::new(outcome);
+        let done = Entry::Done {
+            outcome: outcome.clone(),
+            expires_at,
+        };
+        let mut state = self.lock();
+        let waiters = match state.payments.insert(id, done) {
+            Some(Entry::Done {
+                outcome: recorded,
+                expires_at,
+            }) => {
+                // Put the first outcome back: nothing changes.
+                let completion = if recorded.status == outcome.status {
+                    Completion::Duplicate(recorded.clone())
+                } else {
+                    Completion::Conflict(recorded.clone())
+                };
+                state.payments.insert(
+                    id,
+                    Entry::Done {
+                        outcome: recorded,
+                        expires_at,
+                    },
+                );
+                return completion;
+            }
+            Some(Entry::Waiting(waiters)) => waiters,
+            None => Vec::new(),
+        };
+        let earliest = state
+            .expirations
+            .first()
+            .is_none_or(|(at, _)| expires_at < *at);
+        state.expirations.insert((expires_at, id));
+        drop(state);
+
+        if earliest {
+            self.shared.purge_task.notify_one();
+        }
+        let notified = waiters
+            .into_iter()
+            .map(|waiter| waiter.sender.send(outcome.clone()).is_ok())
+            .filter(|&sent| sent)
+            .count();
+        Completion::Recorded { outcome, notified }
+    }
+
+    /// Ends every waiting stream (each sees no outcome and closes), refuses new
+    /// ones, and stops the purge task.
+    pub fn shutdown(&self) {
+        let mut state = self.lock();
+        state.shutdown = true;
+        let waiting: Vec<Entry> = state
+            .payments
+            .extract_if(|_, entry| matches!(entry, Entry::Waiting(_)))
+            .map(|(_, entry)| entry)
+            .collect();
+        drop(state);
+        drop(waiting);
+        self.shared.purge_task.notify_one();
+    }
+
+    /// The hub's size now.
+    pub fn stats(&self) -> Stats {
+        let state = self.lock();
+        let recorded_outcomes = state.expirations.len();
+        Stats {
+            open_streams: state.open_streams,
+            waiting_payments: state.payments.len().saturating_sub(recorded_outcomes),
+            recorded_outcomes,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the map half-updated in
+        // a way later requests could not live with, so poisoning is ignored.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Forgets one stream: called when its [`Waiting`] is dropped.
+    fn forget(&self, id: PayRecordId, waiter: u64) {
+        let mut state = self.lock();
+        state.open_streams -= 1;
+        if let Some(Entry::Waiting(waiters)) = state.payments.get_mut(&id) {
+            waiters.retain(|w| w.id != waiter);
+            if waiters.is_empty() {
+                state.payments.remove(&id);
+            }
+        }
+    }
+
+    /// Removes the outcomes whose deadline has passed; returns the next
+    /// deadline, or `None` when there is none. On shutdown, `Err(())`.
+    fn purge_expired(&self) -> Result<Option<Instant>, ()> {
+        let mut state = self.lock();
+        if state.shutdown {
+            return Err(());
+        }
+        let now = Instant::now();
+        let state = &mut *state;
+        while let Some(&(at, id)) = state.expirations.first() {
+            if at > now {
+                return Ok(Some(at));
+            }
+            state.expirations.pop_first();
+            if matches!(state.payments.get(&id), Some(Entry::Done { expires_at, .. }) if *expires_at == at)
+            {
+                state.payments.remove(&id);
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Waiting {
+    /// Waits for the outcome; `None` when the hub shut down first.
+    pub async fn outcome(&mut self) -> Option<Arc<Outcome>> {
+        (&mut self.receiver).await.ok()
+    }
+
+    /// The payment this stream waits for.
+    pub fn pay_record_id(&self) -> PayRecordId {
+        self.pay_record_id
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.hub.forget(self.pay_record_id, self.waiter);
+    }
+}
+
+/// The purge task: one per hub, until shutdown.
+async fn purge_expired_outcomes(hub: Hub) {
+    while let Ok(next) = hub.purge_expired() {
+        match next {
+            Some(when) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(when) => {}
+                    _ = hub.shared.purge_task.notified() => {}
+                }
+            }
+            None => hub.shared.purge_task.notified().await,
+        }
+    }
+    log::debug!("outcome purge task stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Status;
+
+    fn hub(max_streams: usize, per_payment: usize) -> Hub {
+        Hub::new(Limits {
+            max_streams,
+            max_streams_per_payment: per_payment,
+            outcome_ttl: Duration::from_secs(60),
+        })
+    }
+
+    fn id(n: u64) -> PayRecordId {
+        PayRecordId::from_u64(n).unwrap()
+    }
+
+    fn waiting(sub: Result<Subscription, SubscribeError>) -> Waiting {
+        match sub {
+            Ok(Subscription::Waiting(w)) => w,
+            other => panic!("expected a waiting subscription, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_waiting_stream_gets_the_outcome() {
+        let hub = hub(10, 10);
+        let mut a = waiting(hub.subscribe(id(1)));
+        let mut b = waiting(hub.subscribe(id(1)));
+        let completion = hub.complete(Outcome::new(id(1), Status::Success));
+        assert!(matches!(
+            completion,
+            Completion::Recorded { notified: 2, .. }
+        ));
+        assert_eq!(a.outcome().await.unwrap().status, Status::Success);
+        assert_eq!(b.outcome().await.unwrap().status, Status::Success);
+    }
+
+    #[tokio::test]
+    async fn dropped_streams_leave_nothing_behind() {
+        let hub = hub(10, 10);
+        for _ in 0..100 {
+            drop(waiting(hub.subscribe(id(7))));
+        }
+        assert_eq!(hub.stats(), Stats::default());
+    }
+
+    #[tokio::test]
+    async fn first_outcome_wins() {
+        let hub = hub(10, 10);
+        hub.complete(Outcome::new(id(1), Status::Failed));
+        assert!(matches!(
+            hub.complete(Outcome::new(id(1), Status::Failed)),
+            Completion::Duplicate(o) if o.status == Status::Failed
+        ));
+        assert!(matches!(
+            hub.complete(Outcome::new(id(1), Status::Success)),
+            Completion::Conflict(o) if o.status == Status::Failed
+        ));
+        assert!(
+            matches!(hub.subscribe(id(1)), Ok(Subscription::Recorded(o)) if o.status == Status::Failed)
+        );
+    }
+
+    #[tokio::test]
+    async fn limits_refuse_extra_streams() {
+        let hub = hub(3, 2);
+        let _a = waiting(hub.subscribe(id(1)));
+        let _b = waiting(hub.subscribe(id(1)));
+        assert_eq!(
+            hub.subscribe(id(1)).unwrap_err(),
+            SubscribeError::TooManyStreams
+        );
+        let _c = waiting(hub.subscribe(id(2)));
+        assert_eq!(
+            hub.subscribe(id(3)).unwrap_err(),
+            SubscribeError::OverCapacity
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outcomes_expire_after_the_ttl() {
+        let hub = hub(10, 10);
+        hub.complete(Outcome::new(id(1), Status::Success));
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert_eq!(hub.stats().recorded_outcomes, 1);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(hub.stats(), Stats::default());
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_waiting_streams_and_refuses_new_ones() {
+        let hub = hub(10, 10);
+        let mut a = waiting(hub.subscribe(id(1)));
+        hub.shutdown();
+        assert!(a.outcome().await.is_none());
+        assert_eq!(
+            hub.subscribe(id(2)).unwrap_err(),
+            SubscribeError::ShuttingDown
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! Prometheus metrics and the `/metrics` reply.
+//!
+//! Counters are bumped where things happen; the sizes of the hub are read from
+//! it at scrape time, so no gauge can drift. No label ever carries a
+//! payRecordId: cardinality stays fixed.
+
+use std::time::SystemTime;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::hub::Stats;
+use crate::model::{Outcome, Status};
+
+/// Buckets of the callback-to-delivery histogram, in seconds: paypush aims
+/// at sub-millisecond delivery, Redis mode adds a network hop.
+const DELIVERY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// How a callback ended, the `result` label of `paypush_callbacks_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum CallbackResult {
+    /// A new outcome was recorded.
+    Recorded,
+    /// The same outcome was already recorded.
+    Duplicate,
+    /// A different outcome was already recorded.
+    Conflict,
+}
+
+/// The process's metrics; one per app, so tests' servers do not mix.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    callbacks: IntCounterVec,
+    delivered: IntCounter,
+    timeouts: IntCounter,
+    delivery_seconds: Histogram,
+    open_streams: IntGauge,
+    waiting_payments: IntGauge,
+    recorded_outcomes: IntGauge,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let metrics = Metrics {
+            registry: Registry::new_custom(Some("paypush".into()), None)?,
+            callbacks: IntCounterVec::new(
+                Opts::new(
+                    "callbacks_total",
+                    "Callbacks accepted, by status and result.",
+                ),
+                &["status", "result"],
+            )?,
+            delivered: IntCounter::new(
+                "outcomes_delivered_total",
+                "Outcome events written to streams.",
+            )?,
+            timeouts: IntCounter::new(
+                "push_timeouts_total",
+                "Streams that ended with event: timeout.",
+            )?,
+            delivery_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "delivery_seconds",
+                    "Time from the callback's acceptance to the outcome event on a waiting stream.",
+                )
+                .buckets(DELIVERY_BUCKETS.to_vec()),
+            )?,
+            open_streams: IntGauge::new("streams_open", "Waiting streams open now.")?,
+            waiting_payments: IntGauge::new(
+                "payments_waiting",
+                "Payments with at least one waiting stream.",
+            )?,
+            recorded_outcomes: IntGauge::new(
+                "outcomes_recorded",
+                "Outcomes remembered now (until the outcome TTL).",
+            )?,
+        };
+        let r = &metrics.registry;
+        r.register(Box::new(metrics.callbacks.clone()))?;
+        r.register(Box::new(metrics.delivered.clone()))?;
+        r.register(Box::new(metrics.timeouts.clone()))?;
+        r.register(Box::new(metrics.delivery_seconds.clone()))?;
+        r.register(Box::new(metrics.open_streams.clone()))?;
+        r.register(Box::new(metrics.waiting_payments.clone()))?;
+        r.register(Box::new(metrics.recorded_outcomes.clone()))?;
+        for status in Status::ALL {
+            for result in ["recorded", "duplicate", "conflict"] {
+                metrics
+                    .callbacks
+                    .with_label_values(&[status.as_str(), result]);
+            }
+        }
+        Ok(metrics)
+    }
+
+    /// Counts a callback.
+    pub fn callback(&self, status: Status, result: CallbackResult) {
+        let result = match result {
+            CallbackResult::Recorded => "recorded",
+            CallbackResult::Duplicate => "duplicate",
+            CallbackResult::Conflict => "conflict",
+        };
+        self.callbacks
+            .with_label_values(&[status.as_str(), result])
+            .inc();
+    }
+
+    /// Counts an outcome event written to a waiting stream.
+    pub fn delivered(&self, outcome: &Outcome) {
+        self.delivered.inc();
+        if let Ok(elapsed) = SystemTime::now().duration_since(outcome.completed_at) {
+            self.delivery_seconds.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Counts a stream that timed out.
+    pub fn timed_out(&self) {
+        self.timeouts.inc();
+    }
+
+    /// The text exposition, with the hub's sizes as of now.
+    pub fn render(&self, stats: Stats) -> Result<String, prometheus::Error> {
+        self.open_streams.set(gauge(stats.open_streams));
+        self.waiting_payments.set(gauge(stats.waiting_payments));
+        self.recorded_outcomes.set(gauge(stats.recorded_outcomes));
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

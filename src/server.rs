@@ -1,0 +1,106 @@
+//! The app's shared state and the HTTP server loop.
+//!
+//! warp's own `serve` exposes no connection settings, so paypush serves
+//! `warp::service(routes)` with hyper's HTTP/1 connection builder: that is
+//! where the request-header limit lives. [`run`] takes an already-bound
+//! listener, so tests bind port 0 and the binary stays thin.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::hub::{Hub, Limits};
+use crate::metrics::Metrics;
+use crate::routes;
+
+/// Request line and headers above this size get `431`: hyper reads at most
+/// this much before the headers are complete.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// A client must send its request headers within this time.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for open connections to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Pause after an accept error such as running out of file descriptors.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// What every handler shares; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct App {
+    /// The registry of streams and outcomes.
+    pub hub: Hub,
+    /// The process's metrics.
+    pub metrics: Metrics,
+    /// The settings it runs with.
+    pub config: Arc<Config>,
+}
+
+impl App {
+    /// Builds the app; `open_file_limit` sizes the default stream limit.
+    pub fn new(config: Config, open_file_limit: u64) -> Result<App, prometheus::Error> {
+        let limits = Limits {
+            max_streams: config.stream_limit(open_file_limit),
+            max_streams_per_payment: usize::try_from(config.max_streams_per_payment)
+                .unwrap_or(usize::MAX),
+            outcome_ttl: config.outcome_ttl,
+        };
+        Ok(App {
+            hub: Hub::new(limits),
+            metrics: Metrics::new()?,
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then stops
+/// accepting, ends every open stream and waits up to [`SHUTDOWN_GRACE`] for
+/// connections to close.
+pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
+    let service = warp::service(routes::routes(app.clone()));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.max_buf_size(MAX_HEADER_BYTES)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("cannot set TCP_NODELAY for {peer}: {e}");
+        }
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(service.clone()),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                log::debug!("connection from {peer} ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    log::info!("shutting down: ending open streams");
+    app.hub.shutdown();
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        log::warn!("some connections were still open after {SHUTDOWN_GRACE:?}");
+    }
+}

@@ -1,0 +1,118 @@
+//! Errors: every non-2xx is `{"error","message"}` JSON.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::spawn_app;
+
+async fn assert_json_error(response: reqwest::Response, status: u16, code: &str) {
+    assert_eq!(response.status(), status);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], code);
+    assert!(!body["message"].as_str().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_json() {
+    let app = spawn_app(&[]).await;
+    assert_json_error(app.get("/nope").await, 404, "not_found").await;
+    let post = app.client.post(app.url("/nope")).send().await.unwrap();
+    assert_json_error(post, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn wrong_method_is_405_json() {
+    let app = spawn_app(&[]).await;
+    for (method, path) in [
+        ("POST", "/push?payRecordId=1"),
+        ("DELETE", "/pay-callback"),
+        ("PUT", "/healthz"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let answer = app
+            .client
+            .request(method, app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_json_error(answer, 405, "method_not_allowed").await;
+    }
+}
+
+#[tokio::test]
+async fn other_content_types_are_415_json() {
+    let app = spawn_app(&[]).await;
+    for content_type in [
+        "text/plain",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+    ] {
+        let answer = app.post_callback(content_type, "payRecordId=1").await;
+        assert_json_error(answer, 415, "unsupported_media_type").await;
+    }
+    let none = app
+        .client
+        .post(app.url("/pay-callback"))
+        .body("payRecordId=1")
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(none, 415, "unsupported_media_type").await;
+}
+
+#[tokio::test]
+async fn bodies_over_16_kib_are_413_json_declared_or_chunked() {
+    let app = spawn_app(&[]).await;
+    let big = format!("payRecordId=1&pad={}", "a".repeat(17 * 1024));
+    let declared = app
+        .post_callback("application/x-www-form-urlencoded", &big)
+        .await;
+    assert_json_error(declared, 413, "payload_too_large").await;
+
+    let chunks = futures_util::stream::iter(
+        (0..20).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'a'; 1024]))),
+    );
+    let chunked = app
+        .client
+        .post(app.url("/pay-callback"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(chunked, 413, "payload_too_large").await;
+    assert_eq!(app.metric("paypush_outcomes_recorded").await, 0.0);
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_json() {
+    let app = spawn_app(&[]).await;
+    for body in ["{", "[1]", "\"x\"", "{\"payRecordId\":\"1\"", "\u{0}"] {
+        let answer = app.post_callback("application/json", body).await;
+        assert_eq!(answer.status(), 400, "{body:?}");
+    }
+}
+
+#[tokio::test]
+async fn request_headers_over_16_kib_get_431_or_a_closed_connection() {
+    let app = spawn_app(&[]).await;
+    let mut tcp = TcpStream::connect(app.addr).await.unwrap();
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(17 * 1024)
+    );
+    let _ = tcp.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    // And the server keeps serving.
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}

@@ -1,0 +1,275 @@
+//! Test helpers: a real paypush on 127.0.0.1:0 (in-process, or the built
+//! binary as a child process), an HTTP client, and an SSE reader over real TCP.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use clap::Parser;
+use paypush::config::Cli;
+use paypush::server::{self, App};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+/// The open-file limit handed to in-process servers.
+pub const TEST_OPEN_FILE_LIMIT: u64 = 20_000;
+/// How long a test waits for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+/// A paypush served in this process until dropped.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    pub stopped: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts paypush on a free loopback port with these flags.
+pub async fn spawn_app(flags: &[&str]) -> TestApp {
+    let args = std::iter::once("paypush").chain(flags.iter().copied());
+    let config = Cli::try_parse_from(args).expect("valid test flags").serve;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let app = App::new(config, TEST_OPEN_FILE_LIMIT).expect("app");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(server::run(listener, app, async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        stop: Some(stop),
+        stopped: Some(handle),
+    }
+}
+
+impl TestApp {
+    /// `http://127.0.0.1:port{path}`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// GET `path`.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    /// `GET /pay-callback?payRecordId={id}[&status=...]`
+    pub async fn callback(&self, id: &str, status: Option<&str>) -> reqwest::Response {
+        let path = match status {
+            Some(status) => format!("/pay-callback?payRecordId={id}&status={status}"),
+            None => format!("/pay-callback?payRecordId={id}"),
+        };
+        self.get(&path).await
+    }
+
+    /// POST `/pay-callback` with this content type and body.
+    pub async fn post_callback(&self, content_type: &str, body: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/pay-callback"))
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// Opens `/push?payRecordId={id}`.
+    pub async fn push(&self, id: &str) -> EventStream {
+        EventStream::new(self.get(&format!("/push?payRecordId={id}")).await)
+    }
+
+    /// Opens `/push` and reads its `pending` event: the stream is registered.
+    pub async fn push_pending(&self, id: &str) -> EventStream {
+        let mut stream = self.push(id).await;
+        assert_eq!(stream.response_status, 200);
+        let pending = stream.next_event().await.expect("pending event");
+        assert_eq!(pending.event.as_deref(), Some("pending"), "{pending:?}");
+        stream
+    }
+
+    /// A metric's value from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+
+    /// Waits until `metric` reads `value`, or fails after [`PATIENCE`].
+    pub async fn wait_for_metric(&self, name: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let now = self.metric(name).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} stayed at {now}, expected {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops accepting and ends open streams, as SIGTERM does.
+    pub async fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.stopped.take() {
+            tokio::time::timeout(Duration::from_secs(10), handle)
+                .await
+                .expect("server stops in time")
+                .expect("server task");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// One Server-Sent Event, or a comment line (`comment` set).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+    pub id: Option<String>,
+    pub retry: Option<u64>,
+    pub comment: Option<String>,
+}
+
+impl SseEvent {
+    /// The data as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {:?}", self.data))
+    }
+}
+
+/// Reads events from a streaming response, as EventSource would.
+pub struct EventStream {
+    pub response_status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl EventStream {
+    pub fn new(response: reqwest::Response) -> EventStream {
+        EventStream {
+            response_status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event or comment; `None` at the end of the stream. Fails if
+    /// nothing comes within [`PATIENCE`].
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        self.next_within(PATIENCE)
+            .await
+            .expect("an event or the end in time")
+    }
+
+    /// The next event, skipping keep-alive comments.
+    pub async fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            match self.next().await {
+                Some(event) if event.comment.is_some() => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The next event or comment, or `Err` when nothing came in `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Result<Option<SseEvent>, ()> {
+        tokio::time::timeout(wait, self.read_block())
+            .await
+            .map_err(|_| ())
+    }
+
+    /// True when the stream ends (not just stalls) within [`PATIENCE`].
+    pub async fn ends(&mut self) -> bool {
+        self.next().await.is_none()
+    }
+
+    async fn read_block(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                return Some(parse_block(&block));
+            }
+            match self.response.chunk().await {
+                Ok(Some(bytes)) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+}
+
+fn parse_block(block: &str) -> SseEvent {
+    let mut event = SseEvent::default();
+    let mut data = Vec::new();
+    for line in block.lines().filter(|l| !l.is_empty()) {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "" => event.comment = Some(value.to_string()),
+            "event" => event.event = Some(value.to_string()),
+            "data" => data.push(value.to_string()),
+            "id" => event.id = Some(value.to_string()),
+            "retry" => event.retry = value.parse().ok(),
+            _ => {}
+        }
+    }
+    event.data = data.join("\n");
+    event
+}
+
+/// The built `paypush` binary running as a child process.
+pub struct Binary {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+/// Starts the built binary on a free port and waits for its start-up line.
+pub async fn spawn_binary(flags: &[&str]) -> Binary {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_paypush"))
+        .args(["--bind", "127.0.0.1:0"])
+        .args(flags)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn paypush");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = tokio::time::timeout(PATIENCE, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr = rest.split_whitespace().next().expect("address");
+                return addr.parse().expect("socket address");
+            }
+        }
+        panic!("paypush exited before listening");
+    })
+    .await
+    .expect("paypush starts in time");
+    // Keep draining its log so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Binary { child, addr }
+}

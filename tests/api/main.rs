@@ -1,0 +1,7 @@
+//! paypush's HTTP contract, proven against real servers over real TCP.
+
+mod callback;
+mod errors;
+mod helpers;
+mod lifecycle;
+mod push;
