@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Curl scenarios against the built binary, the way the original blog post's
+# demo was driven: one terminal subscribes, another sends the callback.
+# Usage: tests/curl/run.sh path/to/paypush
+set -uo pipefail
+
+bin=${1:?usage: tests/curl/run.sh path/to/paypush}
+work=$(mktemp -d)
+passed=0
+failed=0
+
+start_server() {
+    "$bin" --bind 127.0.0.1:0 "$@" 2>"$work/server.log" &
+    server=$!
+    for _ in $(seq 100); do
+        base=$(grep -o 'listening on http://[0-9.:]*' "$work/server.log" | sed 's/listening on //')
+        [ -n "$base" ] && return 0
+        sleep 0.05
+    done
+    echo "server did not start:"; cat "$work/server.log"; exit 1
+}
+
+stop_server() {
+    kill -TERM "$server" 2>/dev/null
+    wait "$server"
+}
+
+check() { # name, command...
+    local name=$1; shift
+    if "$@"; then
+        passed=$((passed + 1)); echo "ok   $name"
+    else
+        failed=$((failed + 1)); echo "FAIL $name"
+    fi
+}
+
+# status_of URL [curl args...]: prints the HTTP status, body to $work/body
+status_of() {
+    local url=$1; shift
+    curl -s -o "$work/body" -w '%{http_code}' "$@" "$url"
+}
+
+subscribe_then_callback() {
+    curl -sN --max-time 10 "$base/push?payRecordId=123" >"$work/stream" &
+    local sub=$!
+    for _ in $(seq 100); do grep -q PENDING "$work/stream" && break; sleep 0.05; done
+    [ "$(status_of "$base/pay-callback?payRecordId=123")" = 200 ] || return 1
+    wait "$sub" || return 1  # the server ends the stream: curl exits 0
+    grep -q '^event: *pending' "$work/stream" &&
+        grep -q '"status":"SUCCESS"' "$work/stream" &&
+        grep -q '支付成功' "$work/stream" &&
+        grep -q '^id:' "$work/stream"
+}
+
+late_subscriber_gets_the_outcome() {
+    [ "$(status_of "$base/pay-callback?payRecordId=124&status=FAILED")" = 200 ] || return 1
+    curl -sN --max-time 5 "$base/push?payRecordId=124" >"$work/late" || return 1
+    grep -q '支付失败' "$work/late" && ! grep -q pending "$work/late"
+}
+
+duplicate_and_conflict() {
+    status_of "$base/pay-callback?payRecordId=125" >/dev/null
+    [ "$(status_of "$base/pay-callback?payRecordId=125")" = 200 ] &&
+        grep -q '"duplicate":true' "$work/body" &&
+        [ "$(status_of "$base/pay-callback?payRecordId=125&status=CLOSED")" = 409 ] &&
+        grep -q '"error":"outcome_conflict"' "$work/body"
+}
+
+form_and_json_callbacks() {
+    [ "$(status_of "$base/pay-callback" -d 'payRecordId=126&status=closed')" = 200 ] &&
+        grep -q '"status":"CLOSED"' "$work/body" &&
+        [ "$(status_of "$base/pay-callback" -H 'Content-Type: application/json' \
+            -d '{"payRecordId":127,"status":"FAILED"}')" = 200 ] &&
+        grep -q '"payRecordId":"127"' "$work/body"
+}
+
+bad_input_is_json_400() {
+    [ "$(status_of "$base/push?payRecordId=abc")" = 400 ] &&
+        grep -q '"error":"invalid_pay_record_id"' "$work/body" &&
+        [ "$(status_of "$base/pay-callback?payRecordId=1&status=PAID")" = 400 ] &&
+        grep -q '"error":"invalid_status"' "$work/body" &&
+        [ "$(status_of "$base/nowhere")" = 404 ]
+}
+
+sigterm_ends_streams_and_exits_0() {
+    curl -sN --max-time 10 "$base/push?payRecordId=128" >"$work/open" &
+    local sub=$!
+    for _ in $(seq 100); do grep -q PENDING "$work/open" && break; sleep 0.05; done
+    kill -TERM "$server"
+    wait "$server"; local code=$?
+    wait "$sub" && [ "$code" = 0 ]
+}
+
+start_server --push-timeout 30s
+check "subscribe, then callback: the stream gets pending, then 支付成功, then ends" subscribe_then_callback
+check "a late subscriber gets the recorded outcome at once" late_subscriber_gets_the_outcome
+check "a repeated callback is a duplicate, a different one a 409" duplicate_and_conflict
+check "form-encoded and JSON callbacks" form_and_json_callbacks
+check "bad input gets JSON errors" bad_input_is_json_400
+check "SIGTERM ends open streams and the server exits 0" sigterm_ends_streams_and_exits_0
+
+rm -rf "$work"
+echo "curl: $passed passed, $failed failed"
+[ "$failed" = 0 ]
