@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser};
+use clap::{Args, Parser, Subcommand};
+
+use crate::model::PayRecordId;
+use crate::signature::Secret;
 
 /// Default listen address.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
@@ -26,6 +29,9 @@ pub const RESERVED_FDS: u64 = 512;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "paypush", version, about, long_about = None)]
 pub struct Cli {
+    /// A helper command; without one, paypush serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// The server's settings.
     #[command(flatten)]
     pub serve: Config,
@@ -64,9 +70,71 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_streams_per_payment: u64,
 
+    /// Require callbacks signed with this secret (prefer the environment variable) [default: none, demo mode].
+    #[arg(
+        long,
+        env = "PAYPUSH_CALLBACK_SECRET",
+        value_name = "S",
+        hide_env_values = true
+    )]
+    pub callback_secret: Option<Secret>,
+
+    /// Require a subscribe token made with this secret on /push (prefer the environment variable).
+    #[arg(
+        long,
+        env = "PAYPUSH_SUBSCRIBE_SECRET",
+        value_name = "S",
+        hide_env_values = true
+    )]
+    pub subscribe_secret: Option<Secret>,
+
+    /// Answer these origins' cross-origin requests (comma-separated, e.g. https://shop.example.com).
+    #[arg(long, env = "PAYPUSH_ALLOW_ORIGIN", value_name = "LIST", value_delimiter = ',',
+          value_parser = parse_origin)]
+    pub allow_origin: Vec<String>,
+
     /// Serve the demo page from this folder instead of the files built into the binary.
     #[arg(long, env = "PAYPUSH_STATIC_DIR", value_name = "DIR")]
     pub static_dir: Option<PathBuf>,
+}
+
+/// The helper subcommands, for curl and for the merchant's backend.
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Print the three signature headers of a callback, ready for `curl -H`.
+    Sign {
+        /// The callback secret.
+        #[arg(
+            long,
+            env = "PAYPUSH_CALLBACK_SECRET",
+            value_name = "S",
+            hide_env_values = true
+        )]
+        secret: Option<Secret>,
+        /// The request method.
+        #[arg(long, default_value = "GET", value_parser = ["GET", "POST"])]
+        method: String,
+        /// The path and query as sent, e.g. /pay-callback?payRecordId=123.
+        #[arg(long, value_name = "PATH_AND_QUERY")]
+        path: String,
+        /// The request body (empty for GET).
+        #[arg(long, default_value = "")]
+        body: String,
+    },
+    /// Print the subscribe token of a payment.
+    Token {
+        /// The subscribe secret.
+        #[arg(
+            long,
+            env = "PAYPUSH_SUBSCRIBE_SECRET",
+            value_name = "S",
+            hide_env_values = true
+        )]
+        secret: Option<Secret>,
+        /// The payment.
+        #[arg(long, value_name = "N", value_parser = parse_pay_record_id)]
+        pay_record_id: PayRecordId,
+    },
 }
 
 impl Config {
@@ -78,6 +146,26 @@ impl Config {
             .unwrap_or_else(|| open_file_limit.saturating_sub(RESERVED_FDS).max(1));
         usize::try_from(limit).unwrap_or(usize::MAX)
     }
+}
+
+/// An origin as browsers send it: `scheme://host[:port]`, no path.
+fn parse_origin(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or_else(|| format!("{s:?} is not an origin like https://shop.example.com"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ', '*']) {
+        return Err(format!(
+            "{s:?} is not an origin like https://shop.example.com"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_pay_record_id(s: &str) -> Result<PayRecordId, String> {
+    PayRecordId::parse(s)
+        .map_err(|_| "must be an integer from 1 to 9223372036854775807".to_string())
 }
 
 /// Parses `300ms`, `15s`, `2m`, `1h 30m`; zero is refused.

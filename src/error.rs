@@ -11,6 +11,7 @@ use warp::reply::{Reply, Response};
 
 use crate::hub::SubscribeError;
 use crate::model::{InvalidCallback, Outcome, PayRecordId, Status};
+use crate::signature::SignatureError;
 
 /// Seconds a client is told to wait (`Retry-After`) when paypush is full or
 /// cannot record an outcome.
@@ -25,6 +26,14 @@ pub enum ApiError {
     InvalidStatus,
     /// The callback body is not the JSON object or form it claims to be.
     InvalidBody(&'static str),
+    /// A signed callback failed a check (which one is said).
+    InvalidSignature(SignatureError),
+    /// A subscribe token is required and missing or wrong.
+    InvalidToken,
+    /// A query string or header that cannot be read.
+    InvalidRequest(&'static str),
+    /// paypush cannot take the request now; the client should retry.
+    Unavailable(&'static str),
     /// A different outcome is already recorded for the payment.
     OutcomeConflict(Arc<Outcome>),
     /// The payment has as many waiting streams as allowed.
@@ -59,9 +68,13 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidPayRecordId | ApiError::InvalidStatus | ApiError::InvalidBody(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::InvalidPayRecordId
+            | ApiError::InvalidStatus
+            | ApiError::InvalidBody(_)
+            | ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
+            ApiError::InvalidToken => StatusCode::FORBIDDEN,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::OutcomeConflict(_) => StatusCode::CONFLICT,
             ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::OverCapacity | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -79,6 +92,10 @@ impl ApiError {
             ApiError::InvalidPayRecordId => "invalid_pay_record_id",
             ApiError::InvalidStatus => "invalid_status",
             ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::InvalidSignature(_) => "invalid_signature",
+            ApiError::InvalidToken => "invalid_token",
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::Unavailable(_) => "unavailable",
             ApiError::OutcomeConflict(_) => "outcome_conflict",
             ApiError::TooManyStreams(_) => "too_many_streams",
             ApiError::OverCapacity => "over_capacity",
@@ -99,6 +116,14 @@ impl ApiError {
             }
             ApiError::InvalidStatus => "status must be SUCCESS, FAILED or CLOSED.".into(),
             ApiError::InvalidBody(why) => format!("The callback body is not valid: {why}."),
+            ApiError::InvalidSignature(why) => {
+                format!("The callback signature is not valid: {why}.")
+            }
+            ApiError::InvalidToken => {
+                "A valid subscribe token for this payment is required (token=...).".into()
+            }
+            ApiError::InvalidRequest(why) => format!("The request cannot be read: {why}."),
+            ApiError::Unavailable(why) => format!("Unavailable: {why}; retry later."),
             ApiError::OutcomeConflict(outcome) => format!(
                 "Payment {} already has the outcome {}; the first outcome wins.",
                 outcome.pay_record_id, outcome.status
@@ -119,7 +144,11 @@ impl ApiError {
     }
 
     fn retry_after(&self) -> Option<u32> {
-        matches!(self, ApiError::OverCapacity | ApiError::ShuttingDown).then_some(RETRY_AFTER_SECS)
+        matches!(
+            self,
+            ApiError::OverCapacity | ApiError::ShuttingDown | ApiError::Unavailable(_)
+        )
+        .then_some(RETRY_AFTER_SECS)
     }
 }
 
@@ -159,6 +188,10 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallib
         .is_some()
     {
         ApiError::UnsupportedMediaType
+    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+        ApiError::InvalidRequest("the query string is malformed")
+    } else if rejection.find::<warp::reject::InvalidHeader>().is_some() {
+        ApiError::InvalidRequest("a header is malformed")
     } else {
         log::error!("unhandled rejection: {rejection:?}");
         ApiError::Internal
@@ -170,6 +203,12 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallib
         _ => log::warn!("refused: {} ({})", error.code(), error.message()),
     }
     Ok(error.into_response())
+}
+
+impl From<SignatureError> for ApiError {
+    fn from(error: SignatureError) -> ApiError {
+        ApiError::InvalidSignature(error)
+    }
 }
 
 impl From<InvalidCallback> for ApiError {

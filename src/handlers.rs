@@ -4,16 +4,20 @@
 use std::borrow::Cow;
 use std::path::Path;
 
+use std::time::SystemTime;
+
+use bytes::Bytes;
 use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use warp::http::{HeaderMap, HeaderValue, StatusCode};
+use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Rejection;
 
 use crate::error::ApiError;
-use crate::hub::{Completion, Subscription};
+use crate::hub::{Completion, NonceCheck, Subscription};
 use crate::metrics::CallbackResult;
 use crate::model::{single, Callback, CallbackJson, Outcome, PayRecordId};
 use crate::server::App;
+use crate::signature::{self, SignatureError, SignatureHeaders, SignedParts, NONCE_MEMORY};
 use crate::sse;
 
 /// The files of `static/`, built into the binary.
@@ -31,6 +35,12 @@ pub async fn push(
         .flatten()
         .and_then(|s| PayRecordId::parse(s).ok())
         .ok_or(ApiError::InvalidPayRecordId)?;
+    if let Some(secret) = &app.config.subscribe_secret {
+        let token = single(&query, "token").ok().flatten().unwrap_or_default();
+        if !signature::verify_token(secret, id, token) {
+            return Err(ApiError::InvalidToken.into());
+        }
+    }
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let mut response = match app.hub.subscribe(id) {
         Ok(Subscription::Recorded(outcome)) if last_event_id == Some(&outcome.event_id()) => {
@@ -57,13 +67,75 @@ pub async fn push(
     Ok(response)
 }
 
-/// `/pay-callback`: records the outcome (first one wins) and pushes it to
-/// every waiting stream of the payment.
-pub async fn callback(callback: Callback, app: App) -> Result<Response, Rejection> {
+/// A `/pay-callback` request as received: what is signed, and where its
+/// fields are (the query for GET, the body for POST).
+#[derive(Debug)]
+pub struct CallbackRequest {
+    /// GET or POST.
+    pub method: Method,
+    /// As sent, for the signature and (GET) the fields.
+    pub path_and_query: String,
+    /// For the content type and the signature headers.
+    pub headers: HeaderMap,
+    /// The body (POST), at most [`crate::routes::MAX_BODY_BYTES`].
+    pub body: Bytes,
+}
+
+impl CallbackRequest {
+    /// Checks the signature headers when a callback secret is set; the nonce
+    /// is remembered only once every other check has passed.
+    fn authenticate(&self, app: &App) -> Result<(), ApiError> {
+        let Some(secret) = &app.config.callback_secret else {
+            return Ok(());
+        };
+        let parts = SignedParts {
+            method: self.method.as_str(),
+            path_and_query: &self.path_and_query,
+            body: &self.body,
+        };
+        let headers = SignatureHeaders::parse(&self.headers)?;
+        headers.verify(secret, parts, SystemTime::now())?;
+        match app.hub.remember_nonce(&headers.nonce, NONCE_MEMORY) {
+            NonceCheck::Fresh => Ok(()),
+            NonceCheck::Replayed => Err(SignatureError::ReplayedNonce.into()),
+            NonceCheck::Full => Err(ApiError::Unavailable("too many signed callbacks at once")),
+        }
+    }
+
+    /// The callback's fields: the query of a GET, the form or JSON body of a POST.
+    fn parse(&self) -> Result<Callback, ApiError> {
+        if self.method != Method::POST {
+            let query = self.path_and_query.split_once('?').map_or("", |(_, q)| q);
+            let pairs: Vec<(String, String)> =
+                serde_urlencoded::from_str(query).unwrap_or_default();
+            return Ok(Callback::from_pairs(&pairs)?);
+        }
+        let mime = self
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<mime::Mime>().ok())
+            .ok_or(ApiError::UnsupportedMediaType)?;
+        match (mime.type_(), mime.subtype()) {
+            (mime::APPLICATION, mime::WWW_FORM_URLENCODED) => {
+                let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&self.body)
+                    .map_err(|_| ApiError::InvalidBody("it is not form-encoded"))?;
+                Ok(Callback::from_pairs(&pairs)?)
+            }
+            (mime::APPLICATION, mime::JSON) => Ok(Callback::from_json(&self.body)?),
+            _ => Err(ApiError::UnsupportedMediaType),
+        }
+    }
+}
+
+/// `/pay-callback`: authenticates and parses the request, records the
+/// outcome (first one wins) and pushes it to every waiting stream.
+pub async fn callback(request: CallbackRequest, app: App) -> Result<Response, Rejection> {
+    request.authenticate(&app)?;
     let Callback {
         pay_record_id: id,
         status,
-    } = callback;
+    } = request.parse()?;
     let (outcome, duplicate) = match app.hub.complete(Outcome::new(id, status)) {
         Completion::Recorded { outcome, notified } => {
             log::info!("callback {id} {status}: recorded, {notified} streams notified");

@@ -48,15 +48,26 @@ struct Shared {
 #[derive(Debug, Default)]
 struct State {
     payments: HashMap<PayRecordId, Entry>,
-    /// Outcome deadlines, earliest first, so the purge task finds the next one
-    /// without a scan.
-    expirations: BTreeSet<(Instant, PayRecordId)>,
+    /// Nonces of signed callbacks seen lately, for replay detection.
+    nonces: HashMap<String, Instant>,
+    /// Deadlines of outcomes and nonces, earliest first, so the purge task
+    /// finds the next one without a scan.
+    expirations: BTreeSet<(Instant, Expiring)>,
+    /// Outcomes remembered now.
+    recorded_outcomes: usize,
     /// Waiting streams alive now, across all payments.
     open_streams: usize,
     /// Tells a stream's own sender apart from the other streams of its payment.
     next_waiter: u64,
     /// Set once; after it, nothing new waits and the purge task stops.
     shutdown: bool,
+}
+
+/// What a deadline in `expirations` is for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Expiring {
+    Outcome(PayRecordId),
+    Nonce(String),
 }
 
 #[derive(Debug)]
@@ -119,6 +130,21 @@ pub enum Completion {
     /// A different status was already recorded; nothing changed.
     Conflict(Arc<Outcome>),
 }
+
+/// What [`Hub::remember_nonce`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceCheck {
+    /// Not seen in the memory window; now remembered.
+    Fresh,
+    /// Seen in the memory window: a replay.
+    Replayed,
+    /// The memory holds [`MAX_NONCES`] already; the request should be retried.
+    Full,
+}
+
+/// The most nonces remembered at once (about 150 MB at 64-character nonces):
+/// a bound on what a flood of signed callbacks can make the hub hold.
+pub const MAX_NONCES: usize = 1_000_000;
 
 /// A snapshot of the hub's size, for `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -223,22 +249,44 @@ impl Hub {
             Some(Entry::Waiting(waiters)) => waiters,
             None => Vec::new(),
         };
-        let earliest = state
-            .expirations
-            .first()
-            .is_none_or(|(at, _)| expires_at < *at);
-        state.expirations.insert((expires_at, id));
-        drop(state);
-
-        if earliest {
-            self.shared.purge_task.notify_one();
-        }
+        state.recorded_outcomes += 1;
+        self.expire_at(state, expires_at, Expiring::Outcome(id));
         let notified = waiters
             .into_iter()
             .map(|waiter| waiter.sender.send(outcome.clone()).is_ok())
             .filter(|&sent| sent)
             .count();
         Completion::Recorded { outcome, notified }
+    }
+
+    /// Remembers a signed callback's nonce for `memory`, unless it is
+    /// remembered already (a replay).
+    pub fn remember_nonce(&self, nonce: &str, memory: Duration) -> NonceCheck {
+        let expires_at = Instant::now() + memory;
+        let mut state = self.lock();
+        if state.nonces.contains_key(nonce) {
+            return NonceCheck::Replayed;
+        }
+        if state.nonces.len() >= MAX_NONCES {
+            return NonceCheck::Full;
+        }
+        state.nonces.insert(nonce.to_string(), expires_at);
+        self.expire_at(state, expires_at, Expiring::Nonce(nonce.to_string()));
+        NonceCheck::Fresh
+    }
+
+    /// Adds a deadline, releases the lock, and wakes the purge task if the
+    /// deadline is now the earliest.
+    fn expire_at(&self, mut state: MutexGuard<'_, State>, at: Instant, what: Expiring) {
+        let earliest = state
+            .expirations
+            .first()
+            .is_none_or(|(first, _)| at < *first);
+        state.expirations.insert((at, what));
+        drop(state);
+        if earliest {
+            self.shared.purge_task.notify_one();
+        }
     }
 
     /// Ends every waiting stream (each sees no outcome and closes), refuses new
@@ -259,11 +307,10 @@ impl Hub {
     /// The hub's size now.
     pub fn stats(&self) -> Stats {
         let state = self.lock();
-        let recorded_outcomes = state.expirations.len();
         Stats {
             open_streams: state.open_streams,
-            waiting_payments: state.payments.len().saturating_sub(recorded_outcomes),
-            recorded_outcomes,
+            waiting_payments: state.payments.len().saturating_sub(state.recorded_outcomes),
+            recorded_outcomes: state.recorded_outcomes,
         }
     }
 
@@ -288,7 +335,7 @@ impl Hub {
         }
     }
 
-    /// Removes the outcomes whose deadline has passed; returns the next
+    /// Removes the outcomes and nonces whose deadline has passed; returns the next
     /// deadline, or `None` when there is none. On shutdown, `Err(())`.
     fn purge_expired(&self) -> Result<Option<Instant>, ()> {
         let mut state = self.lock();
@@ -297,14 +344,25 @@ impl Hub {
         }
         let now = Instant::now();
         let state = &mut *state;
-        while let Some(&(at, id)) = state.expirations.first() {
-            if at > now {
-                return Ok(Some(at));
+        while let Some((at, _)) = state.expirations.first() {
+            if *at > now {
+                return Ok(Some(*at));
             }
-            state.expirations.pop_first();
-            if matches!(state.payments.get(&id), Some(Entry::Done { expires_at, .. }) if *expires_at == at)
-            {
-                state.payments.remove(&id);
+            let Some((at, what)) = state.expirations.pop_first() else {
+                break;
+            };
+            match what {
+                Expiring::Outcome(id) => {
+                    let expired = matches!(state.payments.get(&id),
+                        Some(Entry::Done { expires_at, .. }) if *expires_at == at);
+                    if expired {
+                        state.payments.remove(&id);
+                        state.recorded_outcomes -= 1;
+                    }
+                }
+                Expiring::Nonce(nonce) => {
+                    state.nonces.remove(&nonce);
+                }
             }
         }
         Ok(None)
@@ -433,6 +491,25 @@ mod tests {
         assert_eq!(hub.stats().recorded_outcomes, 1);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(hub.stats(), Stats::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nonces_are_remembered_for_their_window_only() {
+        let hub = hub(10, 10);
+        let window = Duration::from_secs(600);
+        assert_eq!(
+            hub.remember_nonce("abcdefghijklmnop", window),
+            NonceCheck::Fresh
+        );
+        assert_eq!(
+            hub.remember_nonce("abcdefghijklmnop", window),
+            NonceCheck::Replayed
+        );
+        tokio::time::sleep(window + Duration::from_secs(1)).await;
+        assert_eq!(
+            hub.remember_nonce("abcdefghijklmnop", window),
+            NonceCheck::Fresh
+        );
     }
 
     #[tokio::test]

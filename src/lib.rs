@@ -14,10 +14,12 @@
 //!   outcomes with their TTL; the only place that locks.
 //! - [`routes`]: warp filters, one per route; [`handlers`]: what they call.
 //! - [`sse`]: a subscription turned into its event stream.
+//! - [`qr`]: the demo page's payment QR code (SVG).
 //! - [`error`]: the API's errors and the one rejection-to-JSON mapping.
 //! - [`metrics`]: Prometheus counters and the `/metrics` text.
 //! - [`server`]: the shared [`server::App`] and the HTTP loop with graceful shutdown.
 //! - [`shutdown`]: waits for SIGINT or SIGTERM.
+//! - [`signature`]: callback HMAC signatures, subscribe tokens, the redacting `Secret`.
 
 pub mod config;
 pub mod error;
@@ -25,7 +27,9 @@ pub mod handlers;
 pub mod hub;
 pub mod metrics;
 pub mod model;
+pub mod qr;
 pub mod routes;
 pub mod server;
 pub mod shutdown;
+pub mod signature;
 pub mod sse;

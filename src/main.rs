@@ -3,9 +3,13 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use paypush::config::Cli;
+use std::time::SystemTime;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use paypush::config::{Cli, Command, Config};
 use paypush::server::{self, App};
+use paypush::signature::{self, SignedParts};
 use tokio::net::TcpListener;
 
 /// Exit code for a configuration the server cannot start with.
@@ -15,8 +19,11 @@ const EXIT_FAILURE: u8 = 1;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) if e.use_stderr() => {
             // One line: what is wrong, without clap's usage block.
             let text = e.to_string();
@@ -33,7 +40,43 @@ async fn main() -> ExitCode {
         }
     };
     init_logging();
-    let config = cli.serve;
+    warn_about_secrets_on_the_command_line(&matches);
+    match cli.command {
+        Some(Command::Sign {
+            secret,
+            method,
+            path,
+            body,
+        }) => {
+            let Some(secret) = secret else {
+                return missing_secret("PAYPUSH_CALLBACK_SECRET");
+            };
+            let parts = SignedParts {
+                method: &method,
+                path_and_query: &path,
+                body: body.as_bytes(),
+            };
+            for (name, value) in signature::sign(&secret, parts, SystemTime::now()) {
+                println!("{name}: {value}");
+            }
+            ExitCode::SUCCESS
+        }
+        Some(Command::Token {
+            secret,
+            pay_record_id,
+        }) => {
+            let Some(secret) = secret else {
+                return missing_secret("PAYPUSH_SUBSCRIBE_SECRET");
+            };
+            println!("{}", signature::subscribe_token(&secret, pay_record_id));
+            ExitCode::SUCCESS
+        }
+        None => serve(cli.serve).await,
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+async fn serve(config: Config) -> ExitCode {
     let open_file_limit = raise_open_file_limit();
     let listener = match TcpListener::bind(config.bind).await {
         Ok(listener) => listener,
@@ -58,9 +101,41 @@ async fn main() -> ExitCode {
         limits.max_streams,
         limits.max_streams_per_payment
     );
+    if app.config.callback_secret.is_none() {
+        log::warn!(
+            "demo mode: callbacks are unauthenticated, so anyone can mark any order as paid; \
+             set PAYPUSH_CALLBACK_SECRET in production"
+        );
+    }
     server::run(listener, app, paypush::shutdown::signal()).await;
     log::info!("paypush stopped");
     ExitCode::SUCCESS
+}
+
+fn missing_secret(variable: &str) -> ExitCode {
+    eprintln!("error: no secret: pass --secret or set {variable}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// A secret on the command line shows in `ps` and shell history: say so.
+fn warn_about_secrets_on_the_command_line(matches: &ArgMatches) {
+    let on_command_line = |matches: &ArgMatches, id: &str| {
+        matches.try_get_raw(id).is_ok_and(|v| v.is_some())
+            && matches.value_source(id) == Some(ValueSource::CommandLine)
+    };
+    for (id, variable) in [
+        ("callback_secret", "PAYPUSH_CALLBACK_SECRET"),
+        ("subscribe_secret", "PAYPUSH_SUBSCRIBE_SECRET"),
+    ] {
+        if on_command_line(matches, id) {
+            log::warn!("a secret given on the command line shows in ps and shell history; set {variable} instead");
+        }
+    }
+    if let Some((_, sub)) = matches.subcommand() {
+        if on_command_line(sub, "secret") {
+            log::warn!("a secret given on the command line shows in ps and shell history; use the environment variable instead");
+        }
+    }
 }
 
 fn init_logging() {

@@ -410,4 +410,54 @@ mod tests {
         assert_eq!(json["message"], "支付成功");
         assert!(json["completedAt"].as_str().unwrap().ends_with('Z'));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn pay_record_id_accepts_exactly_the_canonical_decimals(s in "\\PC{0,22}|[0-9]{1,20}") {
+                let canonical = s.starts_with(|c: char| ('1'..='9').contains(&c))
+                    && s.bytes().all(|b| b.is_ascii_digit())
+                    && s.parse::<u64>().is_ok_and(|n| n <= PayRecordId::MAX);
+                match PayRecordId::parse(&s) {
+                    Ok(id) => {
+                        prop_assert!(canonical);
+                        prop_assert_eq!(id.to_string(), s);
+                    }
+                    Err(_) => prop_assert!(!canonical),
+                }
+            }
+
+            #[test]
+            fn status_accepts_only_the_three_names(s in "\\PC{0,10}|(?i)(success|failed|closed)") {
+                let known = ["SUCCESS", "FAILED", "CLOSED"].iter().any(|n| n.eq_ignore_ascii_case(&s));
+                prop_assert_eq!(s.parse::<Status>().is_ok(), known);
+            }
+
+            #[test]
+            fn callback_json_never_panics_and_accepts_only_valid_ids(body in proptest::collection::vec(any::<u8>(), 0..64),
+                                                                    id in any::<i128>(), status in "\\PC{0,8}") {
+                let _ = Callback::from_json(&body);
+                let json = format!(r#"{{"payRecordId":{id},"status":{}}}"#, serde_json::Value::String(status.clone()));
+                match Callback::from_json(json.as_bytes()) {
+                    Ok(callback) => {
+                        prop_assert!(id >= 1 && id <= i64::MAX as i128);
+                        prop_assert_eq!(callback.pay_record_id.get() as i128, id);
+                        prop_assert!(status.parse::<Status>().is_ok());
+                    }
+                    Err(_) => prop_assert!(id < 1 || id > i64::MAX as i128 || status.parse::<Status>().is_err()),
+                }
+            }
+
+            #[test]
+            fn callback_pairs_never_panic(pairs in proptest::collection::vec(("\\PC{0,12}", "\\PC{0,12}"), 0..5)) {
+                if let Ok(callback) = Callback::from_pairs(&pairs) {
+                    let given = pairs.iter().find(|(k, _)| k == "payRecordId").map(|(_, v)| v.clone());
+                    prop_assert_eq!(given, Some(callback.pay_record_id.to_string()));
+                }
+            }
+        }
+    }
 }

@@ -10,14 +10,15 @@ use std::pin::pin;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use warp::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use warp::http::HeaderMap;
+use warp::http::header::CONTENT_LENGTH;
+use warp::http::{HeaderMap, Method};
+use warp::path::FullPath;
 use warp::reply::Response;
 use warp::{Buf, Filter, Rejection};
 
 use crate::error::{handle_rejection, ApiError};
-use crate::handlers;
-use crate::model::Callback;
+use crate::handlers::{self, CallbackRequest};
+use crate::qr;
 use crate::server::App;
 
 /// The largest callback body accepted, declared or chunked.
@@ -26,15 +27,15 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Every route, with errors mapped to JSON.
 pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     push(app.clone())
-        .or(callback_get(app.clone()))
-        .unify()
-        .or(callback_post(app.clone()))
+        .or(callback(app.clone()))
         .unify()
         .or(healthz())
         .unify()
         .or(readyz())
         .unify()
         .or(metrics(app.clone()))
+        .unify()
+        .or(qr_svg())
         .unify()
         .or(static_files(app))
         .unify()
@@ -53,27 +54,28 @@ pub fn push(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> +
 }
 
 /// GET /pay-callback?payRecordId=123&status=SUCCESS
-pub fn callback_get(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+/// POST /pay-callback (form-encoded or JSON body)
+pub fn callback(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("pay-callback")
-        .and(warp::get())
-        .and(query_pairs())
-        .and_then(|pairs: Vec<(String, String)>| async move {
-            Callback::from_pairs(&pairs).map_err(|e| Rejection::from(ApiError::from(e)))
-        })
-        .and(with_app(app))
-        .and_then(handlers::callback)
-}
-
-/// POST /pay-callback, form-encoded or JSON body
-pub fn callback_post(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("pay-callback")
-        .and(warp::post())
+        .and(warp::get().or(warp::post()).unify())
+        .and(warp::method())
+        .and(path_and_query())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .and_then(|headers: HeaderMap, body| async move {
-            let body = read_body(&headers, body).await?;
-            callback_from_body(&headers, &body).map_err(Rejection::from)
-        })
+        .and_then(
+            |method: Method, path_and_query, headers: HeaderMap, body| async move {
+                let body = match method {
+                    Method::POST => read_body(&headers, body).await?,
+                    _ => Bytes::new(),
+                };
+                Ok::<_, Rejection>(CallbackRequest {
+                    method,
+                    path_and_query,
+                    headers,
+                    body,
+                })
+            },
+        )
         .and(with_app(app))
         .and_then(handlers::callback)
 }
@@ -100,6 +102,15 @@ pub fn metrics(app: App) -> impl Filter<Extract = (Response,), Error = Rejection
         .and_then(handlers::metrics)
 }
 
+/// GET /qr.svg?payRecordId=123: the demo page's payment QR code
+pub fn qr_svg() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("qr.svg")
+        .and(warp::get())
+        .and(query_pairs())
+        .and(warp::host::optional())
+        .and_then(qr::qr_svg)
+}
+
 /// GET /, GET /<file>: the demo page and its assets
 pub fn static_files(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path::tail()
@@ -113,6 +124,21 @@ pub fn static_files(app: App) -> impl Filter<Extract = (Response,), Error = Reje
 
 fn with_app(app: App) -> impl Filter<Extract = (App,), Error = Infallible> + Clone {
     warp::any().map(move || app.clone())
+}
+
+/// The path and query exactly as sent, e.g. `/pay-callback?payRecordId=123`.
+fn path_and_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::path::full()
+        .and(
+            warp::query::raw()
+                .map(Some)
+                .or(warp::any().map(|| None))
+                .unify(),
+        )
+        .map(|path: FullPath, query: Option<String>| match query {
+            Some(query) => format!("{}?{query}", path.as_str()),
+            None => path.as_str().to_string(),
+        })
 }
 
 /// The query string as pairs, in order, repeats kept (absent: none).
@@ -142,22 +168,4 @@ async fn read_body(
         bytes.put(chunk);
     }
     Ok(bytes.freeze())
-}
-
-/// Parses a callback body by its content type: form-encoded or JSON, any charset.
-fn callback_from_body(headers: &HeaderMap, body: &[u8]) -> Result<Callback, ApiError> {
-    let mime = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<mime::Mime>().ok())
-        .ok_or(ApiError::UnsupportedMediaType)?;
-    match (mime.type_(), mime.subtype()) {
-        (mime::APPLICATION, mime::WWW_FORM_URLENCODED) => {
-            let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-                .map_err(|_| ApiError::InvalidBody("it is not form-encoded"))?;
-            Ok(Callback::from_pairs(&pairs)?)
-        }
-        (mime::APPLICATION, mime::JSON) => Ok(Callback::from_json(body)?),
-        _ => Err(ApiError::UnsupportedMediaType),
-    }
 }

@@ -116,3 +116,58 @@ async fn request_headers_over_16_kib_get_431_or_a_closed_connection() {
     // And the server keeps serving.
     assert_eq!(app.get("/healthz").await.status(), 200);
 }
+
+/// Sends raw bytes and returns what came back before the server answered or closed.
+async fn raw_exchange(app: &crate::helpers::TestApp, request: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(app.addr).await.unwrap();
+    let _ = tcp.write_all(request).await;
+    let _ = tcp.shutdown().await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn malformed_requests_get_4xx_or_a_close_and_the_server_keeps_serving() {
+    let app = spawn_app(&[]).await;
+    let json_with_bad_utf8 = b"{\"payRecordId\":\"\xff\xfe\"}";
+    let mut bad_utf8_post = format!(
+        "POST /pay-callback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        json_with_bad_utf8.len()
+    )
+    .into_bytes();
+    bad_utf8_post.extend_from_slice(json_with_bad_utf8);
+    let requests: Vec<Vec<u8>> = vec![
+        b"GARBAGE\r\n\r\n".to_vec(),
+        b"GET / HTTP/9.9\r\n\r\n".to_vec(),
+        b"GET /push?payRecordId=%ZZ HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"GET /push?payRecordId=1\0 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Nul: a\0b\r\n\r\n".to_vec(),
+        b"GET /pay-callback?payRecordId=%FF%FE HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"POST /pay-callback HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 14\r\n\r\npayRecordId=%Z".to_vec(),
+        b"POST /pay-callback HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n".to_vec(),
+        b"POST /pay-callback HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\nzz\r\n".to_vec(),
+        bad_utf8_post,
+        format!("GET /push?payRecordId={} HTTP/1.1\r\nHost: x\r\n\r\n", "9".repeat(20_000)).into_bytes(),
+        b"\xff\xfe\xfd\r\n\r\n".to_vec(),
+    ];
+    for request in &requests {
+        let answer = raw_exchange(&app, request).await;
+        let status = answer.get(9..12).unwrap_or("");
+        assert!(
+            answer.is_empty() || (answer.starts_with("HTTP/1.1 4") && status != "404"),
+            "{:?} got {answer:?}",
+            String::from_utf8_lossy(request)
+        );
+        if answer.contains("\r\n\r\n{") {
+            assert!(
+                answer
+                    .to_lowercase()
+                    .contains("content-type: application/json"),
+                "{answer}"
+            );
+        }
+    }
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    assert_eq!(app.metric("paypush_outcomes_recorded").await, 0.0);
+}

@@ -28,9 +28,14 @@ pub struct TestApp {
 
 /// Starts paypush on a free loopback port with these flags.
 pub async fn spawn_app(flags: &[&str]) -> TestApp {
+    spawn_app_on("127.0.0.1:0", flags).await
+}
+
+/// Starts paypush on `addr` (e.g. the port of a server just shut down).
+pub async fn spawn_app_on(addr: &str, flags: &[&str]) -> TestApp {
     let args = std::iter::once("paypush").chain(flags.iter().copied());
     let config = Cli::try_parse_from(args).expect("valid test flags").serve;
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = TcpListener::bind(addr).await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let app = App::new(config, TEST_OPEN_FILE_LIMIT).expect("app");
     let (stop, stopped) = oneshot::channel::<()>();

@@ -5,3 +5,5 @@ mod errors;
 mod helpers;
 mod lifecycle;
 mod push;
+mod qr;
+mod security;

@@ -1,0 +1,70 @@
+//! The demo page's payment QR code: `GET /qr.svg?payRecordId=123` answers an
+//! SVG QR code of that payment's callback URL,
+//! `http://<Host>/pay-callback?payRecordId=123&status=SUCCESS`.
+//!
+//! Scanning it with a phone that reaches the server "pays" the order: the
+//! phone's browser sends the same `GET /pay-callback` a provider would, and
+//! the waiting page shows the outcome. It is a demo aid, not a payment QR:
+//! with a callback secret configured that unsigned request gets `401`. The
+//! URL's authority is the request's own `Host`, so the code works for
+//! whatever address the page was opened with; without a `Host` (or with one
+//! too long to fit in a QR code) it holds the path alone.
+
+use qrcode::render::svg;
+use qrcode::QrCode;
+use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use warp::http::uri::Authority;
+use warp::http::HeaderValue;
+use warp::reply::{Reply, Response};
+use warp::Rejection;
+
+use crate::error::ApiError;
+use crate::model::{single, PayRecordId};
+
+/// Color of the dark modules.
+const DARK: &str = "#111827";
+/// Color of the light modules and the quiet zone around them.
+const LIGHT: &str = "#ffffff";
+
+/// `GET /qr.svg?payRecordId=123`: the payment's callback URL as an SVG QR code.
+pub async fn qr_svg(
+    query: Vec<(String, String)>,
+    host: Option<Authority>,
+) -> Result<Response, Rejection> {
+    let id = single(&query, "payRecordId")
+        .ok()
+        .flatten()
+        .and_then(|s| PayRecordId::parse(s).ok())
+        .ok_or(ApiError::InvalidPayRecordId)?;
+    let path = callback_path(id);
+    let image = host
+        .and_then(|host| svg(&format!("http://{host}{path}")))
+        .or_else(|| svg(&path))
+        .ok_or_else(|| {
+            log::error!("cannot encode {path} as a QR code");
+            ApiError::Internal
+        })?;
+    let mut response = image.into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("image/svg+xml"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+/// The callback a scan sends: `/pay-callback?payRecordId=123&status=SUCCESS`.
+pub fn callback_path(id: PayRecordId) -> String {
+    format!("/pay-callback?payRecordId={id}&status=SUCCESS")
+}
+
+/// `text` as an SVG QR code, one unit per module, with the standard quiet
+/// zone; `None` when it is too long for a QR code.
+pub fn svg(text: &str) -> Option<String> {
+    let code = QrCode::new(text).ok()?;
+    Some(
+        code.render::<svg::Color>()
+            .module_dimensions(1, 1)
+            .dark_color(svg::Color(DARK))
+            .light_color(svg::Color(LIGHT))
+            .build(),
+    )
+}

@@ -1,0 +1,596 @@
+//! Signed callbacks, subscribe tokens, secrets, CORS and flood resistance.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use paypush::model::PayRecordId;
+use paypush::signature::{signature_of, subscribe_token, Secret, SignedParts};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::helpers::{spawn_app, TestApp};
+
+const SECRET: &str = "callback-secret-for-tests";
+const NONCE: &str = "nonce-0123456789abcdef";
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A callback request with explicit signature inputs.
+struct Signed<'a> {
+    method: &'a str,
+    path: &'a str,
+    body: &'a str,
+    timestamp: i64,
+    nonce: &'a str,
+    secret: &'a str,
+}
+
+impl<'a> Signed<'a> {
+    fn get(path: &'a str) -> Self {
+        Signed {
+            method: "GET",
+            path,
+            body: "",
+            timestamp: now(),
+            nonce: NONCE,
+            secret: SECRET,
+        }
+    }
+
+    fn post(body: &'a str) -> Self {
+        Signed {
+            method: "POST",
+            path: "/pay-callback",
+            body,
+            ..Signed::get("")
+        }
+    }
+
+    fn signature(&self) -> String {
+        let secret: Secret = self.secret.parse().unwrap();
+        let parts = SignedParts {
+            method: self.method,
+            path_and_query: self.path,
+            body: self.body.as_bytes(),
+        };
+        signature_of(&secret, &self.timestamp.to_string(), self.nonce, parts)
+    }
+
+    /// Sends it, signed as described, with the body `sent_body` and path `sent_path`.
+    async fn send_as(&self, app: &TestApp, sent_path: &str, sent_body: &str) -> reqwest::Response {
+        let method = reqwest::Method::from_bytes(self.method.as_bytes()).unwrap();
+        let mut request = app
+            .client
+            .request(method, app.url(sent_path))
+            .header("Paypush-Timestamp", self.timestamp.to_string())
+            .header("Paypush-Nonce", self.nonce)
+            .header("Paypush-Signature", self.signature());
+        if self.method == "POST" {
+            request = request
+                .header("content-type", "application/json")
+                .body(sent_body.to_string());
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn send(&self, app: &TestApp) -> reqwest::Response {
+        self.send_as(app, self.path, self.body).await
+    }
+}
+
+async fn signed_app() -> TestApp {
+    spawn_app(&["--callback-secret", SECRET]).await
+}
+
+async fn assert_refused(response: reqwest::Response, status: u16, code: &str, says: &str) {
+    assert_eq!(response.status(), status);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], code);
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains(says), "{message:?} should say {says:?}");
+}
+
+#[tokio::test]
+async fn signed_get_and_post_callbacks_are_accepted() {
+    let app = signed_app().await;
+    let mut stream = app.push_pending("1").await;
+    let get = Signed::get("/pay-callback?payRecordId=1&status=FAILED")
+        .send(&app)
+        .await;
+    assert_eq!(get.status(), 200);
+    assert_eq!(
+        stream.next_event().await.unwrap().json()["status"],
+        "FAILED"
+    );
+
+    let body = r#"{"payRecordId":"2","status":"CLOSED"}"#;
+    let post = Signed {
+        nonce: "another-nonce-0123456",
+        ..Signed::post(body)
+    }
+    .send(&app)
+    .await;
+    assert_eq!(post.status(), 200);
+    assert_eq!(post.json::<Value>().await.unwrap()["status"], "CLOSED");
+}
+
+#[tokio::test]
+async fn unsigned_callback_is_refused_and_records_nothing() {
+    let app = signed_app().await;
+    assert_refused(
+        app.callback("3", None).await,
+        401,
+        "invalid_signature",
+        "Paypush-Timestamp",
+    )
+    .await;
+    let no_nonce = app
+        .client
+        .get(app.url("/pay-callback?payRecordId=3"))
+        .header("Paypush-Timestamp", now().to_string())
+        .header("Paypush-Signature", "00")
+        .send()
+        .await
+        .unwrap();
+    assert_refused(no_nonce, 401, "invalid_signature", "Paypush-Nonce").await;
+    assert_eq!(app.metric("paypush_outcomes_recorded").await, 0.0);
+}
+
+#[tokio::test]
+async fn bad_or_wrongly_keyed_signatures_are_refused() {
+    let app = signed_app().await;
+    let path = "/pay-callback?payRecordId=4";
+    let wrong_secret = Signed {
+        secret: "not-the-secret",
+        ..Signed::get(path)
+    };
+    assert_refused(
+        wrong_secret.send(&app).await,
+        401,
+        "invalid_signature",
+        "does not match",
+    )
+    .await;
+    let garbage = app
+        .client
+        .get(app.url(path))
+        .header("Paypush-Timestamp", now().to_string())
+        .header("Paypush-Nonce", NONCE)
+        .header("Paypush-Signature", "not-hex")
+        .send()
+        .await
+        .unwrap();
+    assert_refused(garbage, 401, "invalid_signature", "does not match").await;
+    assert_eq!(app.metric("paypush_outcomes_recorded").await, 0.0);
+}
+
+#[tokio::test]
+async fn signature_in_upper_case_hex_is_accepted() {
+    let app = signed_app().await;
+    let signed = Signed::get("/pay-callback?payRecordId=5");
+    let answer = app
+        .client
+        .get(app.url(signed.path))
+        .header("Paypush-Timestamp", signed.timestamp.to_string())
+        .header("Paypush-Nonce", signed.nonce)
+        .header("Paypush-Signature", signed.signature().to_uppercase())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+}
+
+#[tokio::test]
+async fn stale_and_future_timestamps_are_refused() {
+    let app = signed_app().await;
+    for timestamp in [now() - 301, now() + 301] {
+        let signed = Signed {
+            timestamp,
+            ..Signed::get("/pay-callback?payRecordId=6")
+        };
+        assert_refused(signed.send(&app).await, 401, "invalid_signature", "300 s").await;
+    }
+    let within = Signed {
+        timestamp: now() - 250,
+        ..Signed::get("/pay-callback?payRecordId=6")
+    };
+    assert_eq!(within.send(&app).await.status(), 200);
+}
+
+#[tokio::test]
+async fn replayed_nonce_is_refused() {
+    let app = signed_app().await;
+    let signed = Signed::get("/pay-callback?payRecordId=7");
+    assert_eq!(signed.send(&app).await.status(), 200);
+    assert_refused(
+        signed.send(&app).await,
+        401,
+        "invalid_signature",
+        "already used",
+    )
+    .await;
+    // The same nonce on another payment is a replay too.
+    let other = Signed::get("/pay-callback?payRecordId=8");
+    assert_refused(
+        other.send(&app).await,
+        401,
+        "invalid_signature",
+        "already used",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn nonce_of_a_refused_request_is_not_remembered() {
+    let app = signed_app().await;
+    let forged = Signed {
+        secret: "forger",
+        ..Signed::get("/pay-callback?payRecordId=9")
+    };
+    assert_eq!(forged.send(&app).await.status(), 401);
+    let genuine = Signed::get("/pay-callback?payRecordId=9");
+    assert_eq!(genuine.send(&app).await.status(), 200);
+}
+
+#[tokio::test]
+async fn short_or_strange_nonces_are_refused() {
+    let app = signed_app().await;
+    for nonce in [
+        "short",
+        "has spaces in it 0123",
+        "x".repeat(65).as_str(),
+        "ünïcödé-nonce-0123456",
+    ] {
+        let signed = Signed {
+            nonce,
+            ..Signed::get("/pay-callback?payRecordId=10")
+        };
+        let answer = signed.send(&app).await;
+        assert_eq!(answer.status(), 401, "{nonce:?}");
+    }
+}
+
+#[tokio::test]
+async fn tampered_body_or_query_is_refused() {
+    let app = signed_app().await;
+    let signed = Signed::post(r#"{"payRecordId":"11","status":"FAILED"}"#);
+    let tampered = signed
+        .send_as(
+            &app,
+            "/pay-callback",
+            r#"{"payRecordId":"11","status":"SUCCESS"}"#,
+        )
+        .await;
+    assert_refused(tampered, 401, "invalid_signature", "does not match").await;
+
+    let signed = Signed::get("/pay-callback?payRecordId=12&status=FAILED");
+    let tampered = signed
+        .send_as(&app, "/pay-callback?payRecordId=12&status=SUCCESS", "")
+        .await;
+    assert_refused(tampered, 401, "invalid_signature", "does not match").await;
+    assert_eq!(app.metric("paypush_outcomes_recorded").await, 0.0);
+}
+
+#[tokio::test]
+async fn push_requires_the_payment_token_when_a_subscribe_secret_is_set() {
+    let app = spawn_app(&["--subscribe-secret", "sub-secret"]).await;
+    assert_refused(
+        app.get("/push?payRecordId=13").await,
+        403,
+        "invalid_token",
+        "token",
+    )
+    .await;
+    let wrong = app.get("/push?payRecordId=13&token=00ff").await;
+    assert_refused(wrong, 403, "invalid_token", "token").await;
+    let secret: Secret = "sub-secret".parse().unwrap();
+    let others = subscribe_token(&secret, PayRecordId::parse("14").unwrap());
+    let borrowed = app
+        .get(&format!("/push?payRecordId=13&token={others}"))
+        .await;
+    assert_eq!(borrowed.status(), 403, "a token is bound to its payment");
+
+    let token = subscribe_token(&secret, PayRecordId::parse("13").unwrap());
+    let mut stream = crate::helpers::EventStream::new(
+        app.get(&format!("/push?payRecordId=13&token={token}"))
+            .await,
+    );
+    assert_eq!(stream.response_status, 200);
+    assert_eq!(
+        stream.next_event().await.unwrap().event.as_deref(),
+        Some("pending")
+    );
+}
+
+#[tokio::test]
+async fn sign_subcommand_prints_headers_the_server_accepts() {
+    let app = signed_app().await;
+    let path = "/pay-callback?payRecordId=15&status=CLOSED";
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
+        .args(["sign", "--path", path])
+        .env("PAYPUSH_CALLBACK_SECRET", SECRET)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let mut request = app.client.get(app.url(path));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for line in lines {
+        let (name, value) = line.split_once(": ").unwrap();
+        request = request.header(name, value);
+    }
+    assert_eq!(request.send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn sign_subcommand_signs_post_bodies() {
+    let app = signed_app().await;
+    let body = "payRecordId=16&status=FAILED";
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
+        .args([
+            "sign",
+            "--method",
+            "POST",
+            "--path",
+            "/pay-callback",
+            "--body",
+            body,
+        ])
+        .env("PAYPUSH_CALLBACK_SECRET", SECRET)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let mut request = app
+        .client
+        .post(app.url("/pay-callback"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body);
+    for line in stdout.lines() {
+        let (name, value) = line.split_once(": ").unwrap();
+        request = request.header(name, value);
+    }
+    assert_eq!(request.send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn token_subcommand_prints_only_the_token() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
+        .args(["token", "--pay-record-id", "123"])
+        .env("PAYPUSH_SUBSCRIBE_SECRET", "sub-secret")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success());
+    let secret: Secret = "sub-secret".parse().unwrap();
+    let expected = subscribe_token(&secret, PayRecordId::parse("123").unwrap());
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        format!("{expected}\n")
+    );
+}
+
+#[tokio::test]
+async fn secrets_never_show_in_help_or_logs() {
+    let help = tokio::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
+        .arg("--help")
+        .env("PAYPUSH_CALLBACK_SECRET", "hunter2-callback")
+        .env("PAYPUSH_SUBSCRIBE_SECRET", "hunter2-subscribe")
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--callback-secret"));
+    assert!(!help.contains("hunter2"), "{help}");
+}
+
+#[tokio::test]
+async fn secret_on_the_command_line_warns_and_is_never_logged() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
+        .args([
+            "--bind",
+            "127.0.0.1:0",
+            "--callback-secret",
+            "hunter2-cli",
+            "--push-timeout",
+            "nope",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("hunter2"));
+    let log = spawn_and_collect_log(&["--callback-secret", "hunter2-cli"], &[]).await;
+    assert!(log.contains("PAYPUSH_CALLBACK_SECRET"), "{log}");
+    assert!(!log.contains("hunter2"), "{log}");
+    let log = spawn_and_collect_log(&[], &[("PAYPUSH_CALLBACK_SECRET", "hunter2-env")]).await;
+    assert!(!log.contains("hunter2"), "{log}");
+    assert!(!log.contains("demo mode"), "{log}");
+    let log = spawn_and_collect_log(&[], &[]).await;
+    assert!(log.contains("demo mode"), "{log}");
+}
+
+/// Starts the binary with these flags and environment, stops it with SIGTERM
+/// once it listens, and returns everything it logged.
+async fn spawn_and_collect_log(flags: &[&str], env: &[(&str, &str)]) -> String {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
+        .args(["--bind", "127.0.0.1:0"])
+        .args(flags)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap().to_string();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let read_all = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("listening on") {
+                std::process::Command::new("kill")
+                    .args(["-TERM", &pid])
+                    .status()
+                    .unwrap();
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_all)
+        .await
+        .unwrap();
+    child.wait().await.unwrap();
+    log
+}
+
+#[tokio::test]
+async fn listed_origins_get_cors_headers_and_others_none() {
+    let app = spawn_app(&[
+        "--allow-origin",
+        "https://shop.example.com,https://m.shop.example.com",
+    ])
+    .await;
+    let listed = app
+        .client
+        .get(app.url("/push?payRecordId=17"))
+        .header("origin", "https://m.shop.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.headers()["access-control-allow-origin"],
+        "https://m.shop.example.com"
+    );
+    assert_eq!(listed.headers()["access-control-allow-credentials"], "true");
+    drop(listed);
+
+    let unlisted = app
+        .client
+        .get(app.url("/push?payRecordId=18"))
+        .header("origin", "https://evil.example.net")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        unlisted.status(),
+        200,
+        "no CORS headers, but no refusal either"
+    );
+    assert!(unlisted
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    drop(unlisted);
+
+    let preflight = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/pay-callback"))
+        .header("origin", "https://shop.example.com")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://shop.example.com"
+    );
+    let methods = preflight.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+
+    let other_preflight = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/pay-callback"))
+        .header("origin", "https://evil.example.net")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(other_preflight
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+}
+
+#[tokio::test]
+async fn without_allow_origin_there_are_no_cors_headers() {
+    let app = spawn_app(&[]).await;
+    let answer = app
+        .client
+        .get(app.url("/healthz"))
+        .header("origin", "https://shop.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert!(answer
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_flood_of_callbacks_from_one_client_does_not_starve_another() {
+    let app = spawn_app(&[]).await;
+    let flooder = reqwest::Client::builder()
+        .pool_max_idle_per_host(32)
+        .build()
+        .unwrap();
+    let base = app.url("");
+    let flood: Vec<_> = (0..32)
+        .map(|worker| {
+            let (flooder, base) = (flooder.clone(), base.clone());
+            tokio::spawn(async move {
+                for i in 0..150 {
+                    let url = format!(
+                        "{base}/pay-callback?payRecordId={}",
+                        1_000_000 + worker * 1000 + i
+                    );
+                    let _ = flooder.get(url).send().await;
+                }
+            })
+        })
+        .collect();
+    // Meanwhile, another customer's payment goes through.
+    let mut stream = app.push_pending("19").await;
+    assert_eq!(app.callback("19", None).await.status(), 200);
+    assert_eq!(
+        stream.next_event().await.unwrap().json()["status"],
+        "SUCCESS"
+    );
+    for worker in flood {
+        worker.await.unwrap();
+    }
+    assert_eq!(
+        app.metric("paypush_outcomes_recorded").await,
+        32.0 * 150.0 + 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_streams_is_bounded_and_others_are_still_served() {
+    let app = spawn_app(&["--max-streams", "50"]).await;
+    let mut held = Vec::new();
+    for i in 0..50 {
+        held.push(app.push_pending(&format!("{}", 2_000 + i)).await);
+    }
+    assert_eq!(app.get("/push?payRecordId=3000").await.status(), 503);
+    // Callbacks, health and late subscribers still work at the cap.
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    assert_eq!(app.callback("2000", None).await.status(), 200);
+    assert_eq!(
+        held[0].next_event().await.unwrap().json()["status"],
+        "SUCCESS"
+    );
+    let late = app.push("2000").await;
+    assert_eq!(late.response_status, 200);
+}
