@@ -10,6 +10,7 @@ passed=0
 failed=0
 
 start_server() {
+    : >"$work/server.log"
     "$bin" --bind 127.0.0.1:0 "$@" 2>"$work/server.log" &
     server=$!
     for _ in $(seq 100); do
@@ -91,6 +92,40 @@ sigterm_ends_streams_and_exits_0() {
     wait "$sub" && [ "$code" = 0 ]
 }
 
+signed_with_paypush_sign() {
+    local path="/pay-callback?payRecordId=200&status=FAILED" headers=()
+    while IFS= read -r line; do headers+=(-H "$line"); done \
+        < <(PAYPUSH_CALLBACK_SECRET=$secret "$bin" sign --path "$path")
+    [ "$(status_of "$base$path")" = 401 ] &&
+        grep -q '"error":"invalid_signature"' "$work/body" &&
+        [ "$(status_of "$base$path" "${headers[@]}")" = 200 ] &&
+        [ "$(status_of "$base$path" "${headers[@]}")" = 401 ]  # the nonce is spent
+}
+
+signed_with_openssl_alone() {
+    local ts nonce sig path='/pay-callback?payRecordId=201'
+    ts=$(date +%s)
+    nonce=$(openssl rand -hex 16)
+    sig=$(printf '%s\n%s\n%s\n%s\n%s\n' "$ts" "$nonce" GET "$path" "" |
+        openssl dgst -sha256 -hmac "$secret" -r | cut -d' ' -f1)
+    [ "$(status_of "$base$path" -H "Paypush-Timestamp: $ts" -H "Paypush-Nonce: $nonce" \
+        -H "Paypush-Signature: $sig")" = 200 ]
+}
+
+signed_post_with_paypush_sign() {
+    local body='{"payRecordId":"202","status":"CLOSED"}' headers=()
+    while IFS= read -r line; do headers+=(-H "$line"); done \
+        < <(PAYPUSH_CALLBACK_SECRET=$secret "$bin" sign --method POST --path /pay-callback --body "$body")
+    [ "$(status_of "$base/pay-callback" -H 'Content-Type: application/json' "${headers[@]}" -d "$body")" = 200 ]
+}
+
+subscribe_with_a_token() {
+    local token
+    token=$(PAYPUSH_SUBSCRIBE_SECRET=$sub_secret "$bin" token --pay-record-id 200)
+    [ "$(status_of "$base/push?payRecordId=200")" = 403 ] &&
+        curl -sN --max-time 5 "$base/push?payRecordId=200&token=$token" | grep -q '支付失败'
+}
+
 start_server --push-timeout 30s
 check "subscribe, then callback: the stream gets pending, then 支付成功, then ends" subscribe_then_callback
 check "a late subscriber gets the recorded outcome at once" late_subscriber_gets_the_outcome
@@ -98,6 +133,15 @@ check "a repeated callback is a duplicate, a different one a 409" duplicate_and_
 check "form-encoded and JSON callbacks" form_and_json_callbacks
 check "bad input gets JSON errors" bad_input_is_json_400
 check "SIGTERM ends open streams and the server exits 0" sigterm_ends_streams_and_exits_0
+
+secret=curl-test-callback-secret
+sub_secret=curl-test-subscribe-secret
+PAYPUSH_CALLBACK_SECRET=$secret PAYPUSH_SUBSCRIBE_SECRET=$sub_secret start_server
+check "signed mode: unsigned refused, paypush sign accepted, replay refused" signed_with_paypush_sign
+check "signed mode: a signature computed with openssl alone is accepted" signed_with_openssl_alone
+check "signed mode: a signed JSON POST is accepted" signed_post_with_paypush_sign
+check "subscribe tokens: none is 403, paypush token opens the stream" subscribe_with_a_token
+stop_server
 
 rm -rf "$work"
 echo "curl: $passed passed, $failed failed"
