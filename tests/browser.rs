@@ -1,0 +1,643 @@
+//! The demo checkout page in a real headless Chromium, against the real
+//! server: Debian's `chromium` driven through `chromedriver` (WebDriver) with
+//! fantoccini.
+//!
+//! Each test starts its own chromedriver on a free port, with a fresh empty
+//! browser profile, and stops it afterwards; tests take turns so a small
+//! machine runs one browser at a time. Every test saves a screenshot of the
+//! page as it ended under `target/screenshots/`, and chromedriver's log under
+//! `target/browser-logs/`.
+//!
+//! Without `chromium` or `chromedriver` on `PATH` (override them with
+//! `PAYPUSH_CHROMIUM` and `PAYPUSH_CHROMEDRIVER`) each test prints why and
+//! passes, unless `PAYPUSH_REQUIRE_BROWSER=1`, when it fails instead.
+//!
+//! The tests wait for what the page shows (polling up to [`DEADLINE`]) and
+//! never for a fixed time, so a loaded machine makes them slower, not flaky.
+
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use std::future::Future;
+use std::io::Write;
+use std::net::TcpListener;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use futures_util::FutureExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use helpers::{spawn_app, spawn_app_on, TestApp};
+
+/// How long a test waits for the page (or chromedriver) to get somewhere.
+const DEADLINE: Duration = Duration::from_secs(20);
+/// How long chromedriver and Chromium may take to start on a busy machine.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
+/// How often it looks.
+const POLL: Duration = Duration::from_millis(100);
+/// The browser window: wide enough for the page's two-column layout.
+const WINDOW_SIZE: &str = "1280,1000";
+/// A common phone's screen width, in CSS pixels.
+const PHONE_WIDTH: u32 = 390;
+/// Set to `1` to fail, instead of skip, when no browser is installed.
+const REQUIRE_BROWSER: &str = "PAYPUSH_REQUIRE_BROWSER";
+
+/// One browser at a time: chromium is heavy for a 2-core machine.
+static ONE_BROWSER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+// ---------------------------------------------------------------------------
+// The tests
+
+#[tokio::test]
+async fn new_order_paid_through_the_form_shows_success_and_closes_the_stream() {
+    with_page("new_order_paid_through_the_form", |page| async move {
+        let app = spawn_app(&[]).await;
+        page.open(&app, "/").await;
+        let waiting = page
+            .wait_for("the pending event", |s| s.state == "waiting")
+            .await;
+        assert_eq!(
+            waiting.live.as_deref(),
+            Some("polite"),
+            "status is aria-live"
+        );
+        page.screenshot("new_order_paid_through_the_form.1-waiting")
+            .await;
+        let url_before = page.url().await;
+
+        page.send_callback("SUCCESS", 1).await;
+
+        let done = page.wait_for("the outcome", |s| s.state == "success").await;
+        assert_eq!(done.title, "支付成功");
+        assert_eq!(done.stream, "closed");
+        assert!(done.stream_text.contains("Stream closed"), "{done:?}");
+        assert_eq!(done.answer_status, 200);
+        let answer = done.answer_json();
+        assert_eq!(answer["duplicate"], false);
+        assert_eq!(answer["payRecordId"], json!(done.pay_record_id));
+        assert!(
+            done.log_has("pending") && done.log_has("message"),
+            "{done:?}"
+        );
+        assert_eq!(page.url().await, url_before, "the form did not navigate");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn watched_payment_shows_success_after_a_callback_over_http() {
+    with_page("watched_payment_callback_over_http", |page| async move {
+        let app = spawn_app(&[]).await;
+        // Above 2^53: the page must keep the id as a string.
+        let id = "9007199254740993";
+        page.open(&app, &format!("/?payRecordId={id}")).await;
+        let waiting = page
+            .wait_for("the pending event", |s| s.state == "waiting")
+            .await;
+        assert_eq!(waiting.pay_record_id, id);
+
+        assert_eq!(app.callback(id, None).await.status(), 200);
+
+        let done = page.wait_for("the outcome", |s| s.state == "success").await;
+        assert_eq!(done.title, "支付成功");
+        assert_eq!(done.stream, "closed");
+        assert!(
+            done.log_mentions(&format!("id: {id}-SUCCESS-")),
+            "outcome id: {done:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn failed_and_closed_outcomes_show_their_messages() {
+    with_page("failed_and_closed_outcomes", |page| async move {
+        let app = spawn_app(&[]).await;
+        page.open(&app, "/").await;
+        let first = page
+            .wait_for("the pending event", |s| s.state == "waiting")
+            .await;
+        page.send_callback("FAILED", 1).await;
+        let failed = page.wait_for("FAILED", |s| s.state == "failed").await;
+        assert_eq!(failed.title, "支付失败");
+        assert_eq!(failed.stream, "closed");
+
+        page.click("#new-order").await;
+        let second = page
+            .wait_for("a new order", |s| {
+                s.state == "waiting" && s.pay_record_id != first.pay_record_id
+            })
+            .await;
+        page.send_callback("CLOSED", 1).await;
+        let closed = page.wait_for("CLOSED", |s| s.state == "closed").await;
+        assert_eq!(closed.title, "订单已关闭");
+        assert_eq!(closed.stream, "closed");
+        assert_eq!(closed.pay_record_id, second.pay_record_id);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn repeated_submit_shows_duplicate_and_conflicting_submit_shows_409() {
+    with_page("duplicate_and_conflict", |page| async move {
+        let app = spawn_app(&[]).await;
+        page.open(&app, "/").await;
+        page.wait_for("the pending event", |s| s.state == "waiting")
+            .await;
+        page.send_callback("SUCCESS", 1).await;
+        page.wait_for("the outcome", |s| s.state == "success").await;
+
+        let repeat = page.send_callback("SUCCESS", 2).await;
+        assert_eq!(repeat.answer_status, 200);
+        assert_eq!(repeat.answer_json()["duplicate"], true);
+        assert!(repeat.answer_text.contains(r#""duplicate": true"#));
+
+        let conflict = page.send_callback("FAILED", 3).await;
+        assert_eq!(conflict.answer_status, 409);
+        let answer = conflict.answer_json();
+        assert_eq!(answer["error"], "outcome_conflict");
+        assert!(
+            answer["message"]
+                .as_str()
+                .unwrap()
+                .contains("first outcome wins"),
+            "{answer}"
+        );
+        assert_eq!(conflict.title, "支付成功", "the first outcome stays");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn page_reconnects_after_a_server_restart_and_shows_the_outcome() {
+    with_page("reconnects_after_server_restart", |page| async move {
+        let mut app = spawn_app(&[]).await;
+        let addr = app.addr.to_string();
+        let id = "31415926";
+        page.open(&app, &format!("/?payRecordId={id}")).await;
+        page.wait_for("the pending event", |s| s.state == "waiting")
+            .await;
+
+        app.shut_down().await;
+        page.wait_for("reconnecting", |s| s.state == "reconnecting")
+            .await;
+        page.screenshot("reconnects_after_server_restart.1-reconnecting")
+            .await;
+
+        let app = spawn_app_on(&addr, &[]).await;
+        page.wait_for("pending from the new server", |s| {
+            s.state == "waiting" && s.count("pending") >= 2
+        })
+        .await;
+        assert_eq!(app.callback(id, None).await.status(), 200);
+
+        let done = page.wait_for("the outcome", |s| s.state == "success").await;
+        assert_eq!(done.title, "支付成功");
+        assert_eq!(done.stream, "closed");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn page_fits_a_phone_width_screen_without_sideways_scrolling() {
+    with_page("phone_width", |page| async move {
+        let app = spawn_app(&[]).await;
+        page.open(&app, "/").await;
+        page.set_width(PHONE_WIDTH).await;
+        assert_eq!(page.number("window.innerWidth").await, PHONE_WIDTH);
+        page.wait_for("the pending event", |s| s.state == "waiting")
+            .await;
+        page.send_callback("SUCCESS", 1).await;
+        page.wait_for("the outcome", |s| s.state == "success").await;
+        let page_width = page.number("document.documentElement.scrollWidth").await;
+        assert!(
+            page_width <= PHONE_WIDTH,
+            "the page is {page_width} px wide on a {PHONE_WIDTH} px screen"
+        );
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// The page, as the tests see it
+
+/// What the page shows, read in one script call.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PageState {
+    /// `data-state` of the status: connecting, waiting, reconnecting, success...
+    state: String,
+    title: String,
+    /// `data-stream`: connecting, open, reconnecting, closed.
+    stream: String,
+    stream_text: String,
+    live: Option<String>,
+    pay_record_id: String,
+    /// How many callback answers the page has shown.
+    answer_seq: u64,
+    answer_status: u16,
+    answer_text: String,
+    /// The event log, newest first.
+    log: Vec<LogLine>,
+}
+
+/// One line of the page's event log.
+#[derive(Debug, Deserialize)]
+struct LogLine {
+    /// An SSE event type (`pending`, `message`, `timeout`) or a connection
+    /// change (`connect`, `open`, `error`, `close`, `callback`).
+    kind: String,
+    text: String,
+}
+
+const READ_STATE: &str = r#"
+const q = (s) => document.querySelector(s);
+const answer = q('#callback-answer');
+return {
+  state: q('#status').dataset.state,
+  title: q('#status-title').textContent,
+  stream: q('#stream-state').dataset.stream,
+  streamText: q('#stream-state').textContent,
+  live: q('#status').getAttribute('aria-live'),
+  payRecordId: q('#pay-record-id').textContent,
+  answerSeq: Number(answer.dataset.seq || 0),
+  answerStatus: Number(answer.dataset.httpStatus || 0),
+  answerText: q('#callback-json').textContent,
+  log: Array.from(document.querySelectorAll('#event-log li'),
+    (li) => ({ kind: li.dataset.kind, text: li.textContent })),
+};
+"#;
+
+impl PageState {
+    fn answer_json(&self) -> Value {
+        serde_json::from_str(&self.answer_text)
+            .unwrap_or_else(|e| panic!("callback answer is not JSON ({e}): {self:?}"))
+    }
+
+    /// True when a log line of this kind was written.
+    fn log_has(&self, kind: &str) -> bool {
+        self.count(kind) > 0
+    }
+
+    /// True when some log line contains `text`.
+    fn log_mentions(&self, text: &str) -> bool {
+        self.log.iter().any(|line| line.text.contains(text))
+    }
+
+    /// How many log lines of this kind were written.
+    fn count(&self, kind: &str) -> usize {
+        self.log.iter().filter(|line| line.kind == kind).count()
+    }
+}
+
+/// A browser tab under test.
+#[derive(Clone)]
+struct Page {
+    client: Client,
+}
+
+impl Page {
+    async fn open(&self, app: &TestApp, path: &str) {
+        self.client
+            .goto(&app.url(path))
+            .await
+            .expect("open the page");
+    }
+
+    async fn url(&self) -> String {
+        self.client
+            .current_url()
+            .await
+            .expect("current URL")
+            .to_string()
+    }
+
+    async fn state(&self) -> PageState {
+        let value = self
+            .client
+            .execute(READ_STATE, vec![])
+            .await
+            .expect("read the page");
+        serde_json::from_value(value).expect("page state")
+    }
+
+    /// Polls the page until `ready` holds, or fails after [`DEADLINE`].
+    async fn wait_for(&self, what: &str, ready: impl Fn(&PageState) -> bool) -> PageState {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let state = self.state().await;
+            if ready(&state) {
+                return state;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waited {DEADLINE:?} for {what}; the page shows {state:#?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn click(&self, selector: &str) {
+        self.client
+            .find(Locator::Css(selector))
+            .await
+            .unwrap_or_else(|e| panic!("find {selector}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("click {selector}: {e}"));
+    }
+
+    /// Chooses `status` in the callback form, submits it, and waits for the
+    /// page to show answer number `seq`.
+    async fn send_callback(&self, status: &str, seq: u64) -> PageState {
+        self.click(&format!(r#"label.choice[data-status="{status}"]"#))
+            .await;
+        self.click("#send-callback").await;
+        self.wait_for(&format!("callback answer {seq}"), |s| s.answer_seq >= seq)
+            .await
+    }
+
+    /// Resizes the window to `width` CSS pixels of page (height unchanged).
+    async fn set_width(&self, width: u32) {
+        let (_, height) = self.client.get_window_size().await.expect("window size");
+        let chrome: u32 = self.number("window.outerWidth - window.innerWidth").await;
+        let height = u32::try_from(height).expect("window height");
+        self.client
+            .set_window_size(width + chrome, height)
+            .await
+            .expect("resize the window");
+    }
+
+    /// A number computed by the page.
+    async fn number(&self, expression: &str) -> u32 {
+        let value = self
+            .client
+            .execute(&format!("return Math.ceil({expression});"), vec![])
+            .await
+            .unwrap_or_else(|e| panic!("evaluate {expression}: {e}"));
+        value
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or_else(|| panic!("{expression} is {value}"))
+    }
+
+    /// Saves the whole page (the window grown to fit it) as
+    /// `target/screenshots/{name}.png`; never fails the test.
+    async fn screenshot(&self, name: &str) {
+        let dir = target_dir().join("screenshots");
+        self.fit_page().await;
+        match self.client.screenshot().await {
+            Ok(png) => {
+                let path = dir.join(format!("{name}.png"));
+                std::fs::create_dir_all(&dir).expect("create target/screenshots");
+                std::fs::write(&path, png).expect("write screenshot");
+                eprintln!("screenshot: {}", path.display());
+            }
+            Err(e) => eprintln!("no screenshot for {name}: {e}"),
+        }
+    }
+
+    /// Grows the window to show the whole page, for a full-page screenshot.
+    async fn fit_page(&self) {
+        let Ok((width, height)) = self.client.get_window_size().await else {
+            return;
+        };
+        let page = self
+            .client
+            .execute(
+                "return [window.innerHeight, document.documentElement.scrollHeight];",
+                vec![],
+            )
+            .await;
+        let page: Option<(u64, u64)> = page.ok().and_then(|v| serde_json::from_value(v).ok());
+        let Some((viewport, content)) = page else {
+            return;
+        };
+        let fitted = (height + content).saturating_sub(viewport);
+        let (Ok(width), Ok(fitted)) = (u32::try_from(width), u32::try_from(fitted)) else {
+            return;
+        };
+        if let Err(e) = self.client.set_window_size(width, fitted).await {
+            eprintln!("cannot fit the window to the page: {e}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The browser
+
+/// Runs `test` with a fresh headless Chromium, then saves a screenshot and
+/// stops the browser, whether the test passed or panicked. Skips (or fails,
+/// with `PAYPUSH_REQUIRE_BROWSER=1`) when no browser is installed.
+async fn with_page<F, Fut>(name: &str, test: F)
+where
+    F: FnOnce(Page) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(tools) = Tools::find(name) else {
+        return;
+    };
+    let _turn = ONE_BROWSER_AT_A_TIME.lock().await;
+    let driver = Driver::start(&tools.chromedriver, name).await;
+    let client = driver.session(&tools.chromium).await;
+    let page = Page { client };
+    let outcome = AssertUnwindSafe(test(page.clone())).catch_unwind().await;
+    page.screenshot(name).await;
+    if let Err(e) = page.client.close().await {
+        eprintln!("closing the browser session: {e}");
+    }
+    drop(driver);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// The two programs the tests need.
+struct Tools {
+    chromium: PathBuf,
+    chromedriver: PathBuf,
+}
+
+impl Tools {
+    /// Both programs, or `None` (after saying why) when a test should skip.
+    fn find(test: &str) -> Option<Tools> {
+        let chromium = program("PAYPUSH_CHROMIUM", &["chromium", "chromium-browser"]);
+        let chromedriver = program("PAYPUSH_CHROMEDRIVER", &["chromedriver"]);
+        match (chromium, chromedriver) {
+            (Some(chromium), Some(chromedriver)) => Some(Tools {
+                chromium,
+                chromedriver,
+            }),
+            (chromium, chromedriver) => {
+                let missing: Vec<&str> = [
+                    chromium.is_none().then_some("chromium"),
+                    chromedriver
+                        .is_none()
+                        .then_some("chromedriver (Debian: chromium-driver)"),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                let why = format!(
+                    "{test}: no {} on PATH; install with `apt-get install chromium chromium-driver`",
+                    missing.join(" and ")
+                );
+                if std::env::var(REQUIRE_BROWSER).is_ok_and(|v| v == "1") {
+                    panic!("{why} ({REQUIRE_BROWSER}=1 requires the browser tests)");
+                }
+                // Straight to stderr, past the test harness's capture, so the
+                // skip shows in a normal `cargo test` run.
+                let _ = writeln!(std::io::stderr(), "SKIPPED browser test {why}");
+                None
+            }
+        }
+    }
+}
+
+/// The program named by `env`, or the first of `names` found on `PATH`.
+fn program(env: &str, names: &[&str]) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
+        return Some(PathBuf::from(path)).filter(|p| p.is_file());
+    }
+    let path = std::env::var_os("PATH")?;
+    names.iter().find_map(|name| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+/// A chromedriver child process, killed when dropped, and the browser
+/// profile directory it uses, removed when dropped.
+struct Driver {
+    child: Child,
+    port: u16,
+    profile: PathBuf,
+    log: PathBuf,
+}
+
+impl Driver {
+    /// Starts chromedriver on a free port and waits until it is ready.
+    async fn start(chromedriver: &Path, name: &str) -> Driver {
+        let port = free_port();
+        let logs = target_dir().join("browser-logs");
+        std::fs::create_dir_all(&logs).expect("create target/browser-logs");
+        let log = logs.join(format!("{name}.chromedriver.log"));
+        let profile = std::env::temp_dir().join(format!(
+            "paypush-chromium-{}-{name}-{port}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&profile);
+        std::fs::create_dir_all(&profile).expect("create the browser profile directory");
+        let child = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-path={}", log.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", chromedriver.display()));
+        let mut driver = Driver {
+            child,
+            port,
+            profile,
+            log,
+        };
+        driver.wait_until_ready().await;
+        driver
+    }
+
+    async fn wait_until_ready(&mut self) {
+        let status = format!("http://127.0.0.1:{}/status", self.port);
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
+        loop {
+            if let Ok(answer) = client.get(&status).send().await {
+                if let Ok(body) = answer.json::<Value>().await {
+                    if body["value"]["ready"] == true {
+                        return;
+                    }
+                }
+            }
+            if let Ok(Some(exit)) = self.child.try_wait() {
+                panic!(
+                    "chromedriver exited ({exit}) before it was ready; see {}",
+                    self.log.display()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "chromedriver was not ready within {STARTUP_DEADLINE:?}; see {}",
+                self.log.display()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Opens a WebDriver session: headless Chromium with a fresh profile.
+    async fn session(&self, chromium: &Path) -> Client {
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([
+            format!("--window-size={WINDOW_SIZE}"),
+            format!("--user-data-dir={}", self.profile.display()),
+        ])
+        .collect::<Vec<_>>();
+        let capabilities = json!({
+            "goog:chromeOptions": { "binary": chromium, "args": args },
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!("a JSON object literal");
+        };
+        let webdriver = format!("http://127.0.0.1:{}", self.port);
+        tokio::time::timeout(
+            STARTUP_DEADLINE,
+            ClientBuilder::new(HttpConnector::new())
+                .capabilities(capabilities)
+                .connect(&webdriver),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no browser session within {STARTUP_DEADLINE:?}"))
+        .unwrap_or_else(|e| panic!("start a browser session ({}): {e}", self.log.display()))
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Where cargo builds: screenshots and logs go there.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
