@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::backplane::RedisUrl;
 use crate::model::PayRecordId;
 use crate::signature::Secret;
 
@@ -87,6 +88,15 @@ pub struct Config {
         hide_env_values = true
     )]
     pub subscribe_secret: Option<Secret>,
+
+    /// Run as one of many instances sharing this Redis (e.g. redis://127.0.0.1:6379) [default: none, in-memory].
+    #[arg(
+        long,
+        env = "PAYPUSH_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<RedisUrl>,
 
     /// Answer these origins' cross-origin requests (comma-separated, e.g. https://shop.example.com).
     #[arg(long, env = "PAYPUSH_ALLOW_ORIGIN", value_name = "LIST", value_delimiter = ',',

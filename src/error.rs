@@ -32,6 +32,8 @@ pub enum ApiError {
     InvalidToken,
     /// A query string or header that cannot be read.
     InvalidRequest(&'static str),
+    /// Not ready to accept callbacks (Redis mode: Redis unreachable).
+    NotReady,
     /// paypush cannot take the request now; the client should retry.
     Unavailable(&'static str),
     /// A different outcome is already recorded for the payment.
@@ -74,7 +76,7 @@ impl ApiError {
             | ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
             ApiError::InvalidToken => StatusCode::FORBIDDEN,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::OutcomeConflict(_) => StatusCode::CONFLICT,
             ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::OverCapacity | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -96,6 +98,7 @@ impl ApiError {
             ApiError::InvalidToken => "invalid_token",
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::NotReady => "not_ready",
             ApiError::OutcomeConflict(_) => "outcome_conflict",
             ApiError::TooManyStreams(_) => "too_many_streams",
             ApiError::OverCapacity => "over_capacity",
@@ -124,6 +127,7 @@ impl ApiError {
             }
             ApiError::InvalidRequest(why) => format!("The request cannot be read: {why}."),
             ApiError::Unavailable(why) => format!("Unavailable: {why}; retry later."),
+            ApiError::NotReady => "Not ready: the outcome store (Redis) cannot be reached.".into(),
             ApiError::OutcomeConflict(outcome) => format!(
                 "Payment {} already has the outcome {}; the first outcome wins.",
                 outcome.pay_record_id, outcome.status
@@ -146,7 +150,10 @@ impl ApiError {
     fn retry_after(&self) -> Option<u32> {
         matches!(
             self,
-            ApiError::OverCapacity | ApiError::ShuttingDown | ApiError::Unavailable(_)
+            ApiError::OverCapacity
+                | ApiError::ShuttingDown
+                | ApiError::Unavailable(_)
+                | ApiError::NotReady
         )
         .then_some(RETRY_AFTER_SECS)
     }

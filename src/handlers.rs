@@ -12,8 +12,9 @@ use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Rejection;
 
+use crate::backplane::Unavailable;
 use crate::error::ApiError;
-use crate::hub::{Completion, NonceCheck, Subscription};
+use crate::hub::{Completion, NonceCheck, SubscribeError, Subscription};
 use crate::metrics::CallbackResult;
 use crate::model::{single, Callback, CallbackJson, Outcome, PayRecordId};
 use crate::server::App;
@@ -42,7 +43,7 @@ pub async fn push(
         }
     }
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
-    let mut response = match app.hub.subscribe(id) {
+    let mut response = match subscribe(&app, id).await {
         Ok(Subscription::Recorded(outcome)) if last_event_id == Some(&outcome.event_id()) => {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
@@ -84,7 +85,7 @@ pub struct CallbackRequest {
 impl CallbackRequest {
     /// Checks the signature headers when a callback secret is set; the nonce
     /// is remembered only once every other check has passed.
-    fn authenticate(&self, app: &App) -> Result<(), ApiError> {
+    async fn authenticate(&self, app: &App) -> Result<(), ApiError> {
         let Some(secret) = &app.config.callback_secret else {
             return Ok(());
         };
@@ -95,7 +96,12 @@ impl CallbackRequest {
         };
         let headers = SignatureHeaders::parse(&self.headers)?;
         headers.verify(secret, parts, SystemTime::now())?;
-        match app.hub.remember_nonce(&headers.nonce, NONCE_MEMORY) {
+        let check = app
+            .backplane
+            .remember_nonce(&app.hub, &headers.nonce, NONCE_MEMORY)
+            .await
+            .map_err(unavailable)?;
+        match check {
             NonceCheck::Fresh => Ok(()),
             NonceCheck::Replayed => Err(SignatureError::ReplayedNonce.into()),
             NonceCheck::Full => Err(ApiError::Unavailable("too many signed callbacks at once")),
@@ -128,15 +134,47 @@ impl CallbackRequest {
     }
 }
 
+/// Registers a stream locally, then (Redis mode) reads the outcome recorded
+/// elsewhere, so no callback slips between the two. If Redis cannot be read,
+/// the stream waits: the subscriber catches up when Redis is back.
+async fn subscribe(app: &App, id: PayRecordId) -> Result<Subscription, SubscribeError> {
+    let subscription = app.hub.subscribe(id)?;
+    let Subscription::Waiting(waiting) = subscription else {
+        return Ok(subscription);
+    };
+    match app.backplane.catch_up(&app.hub, id).await {
+        Ok(true) => {
+            drop(waiting);
+            app.hub.subscribe(id)
+        }
+        Ok(false) => Ok(Subscription::Waiting(waiting)),
+        Err(e) => {
+            log::debug!("push {id}: cannot read Redis ({}); waiting", e.0);
+            Ok(Subscription::Waiting(waiting))
+        }
+    }
+}
+
+/// A backplane failure: the client should retry.
+fn unavailable(e: Unavailable) -> ApiError {
+    log::warn!("Redis unavailable: {}", e.0);
+    ApiError::Unavailable("the outcome store (Redis) cannot be reached")
+}
+
 /// `/pay-callback`: authenticates and parses the request, records the
 /// outcome (first one wins) and pushes it to every waiting stream.
 pub async fn callback(request: CallbackRequest, app: App) -> Result<Response, Rejection> {
-    request.authenticate(&app)?;
+    request.authenticate(&app).await?;
     let Callback {
         pay_record_id: id,
         status,
     } = request.parse()?;
-    let (outcome, duplicate) = match app.hub.complete(Outcome::new(id, status)) {
+    let completion = app
+        .backplane
+        .record(&app.hub, Outcome::new(id, status))
+        .await
+        .map_err(unavailable)?;
+    let (outcome, duplicate) = match completion {
         Completion::Recorded { outcome, notified } => {
             log::info!("callback {id} {status}: recorded, {notified} streams notified");
             app.metrics.callback(status, CallbackResult::Recorded);
@@ -164,8 +202,12 @@ pub async fn healthz() -> Result<Response, Rejection> {
     Ok(warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response())
 }
 
-/// `GET /readyz`: in-memory mode is ready whenever it serves.
-pub async fn readyz() -> Result<Response, Rejection> {
+/// `GET /readyz`: ready to accept callbacks (in Redis mode: Redis answers
+/// and the subscriber connection is up).
+pub async fn readyz(app: App) -> Result<Response, Rejection> {
+    if !app.backplane.ready().await {
+        return Err(ApiError::NotReady.into());
+    }
     Ok(warp::reply::json(&serde_json::json!({ "status": "ready" })).into_response())
 }
 

@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::Instant;
 
 use crate::model::{Outcome, PayRecordId};
@@ -42,6 +42,8 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the purge task when an earlier deadline appears or on shutdown.
     purge_task: Notify,
+    /// Flips to true once, on shutdown, for tasks that outlive requests.
+    closed: watch::Sender<bool>,
     limits: Limits,
 }
 
@@ -164,6 +166,7 @@ impl Hub {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 purge_task: Notify::new(),
+                closed: watch::Sender::new(false),
                 limits,
             }),
         };
@@ -302,6 +305,31 @@ impl Hub {
         drop(state);
         drop(waiting);
         self.shared.purge_task.notify_one();
+        self.shared.closed.send_replace(true);
+    }
+
+    /// Whether [`Hub::shutdown`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        *self.shared.closed.borrow()
+    }
+
+    /// Completes once [`Hub::shutdown`] has been called.
+    pub async fn closed(&self) {
+        let mut closed = self.shared.closed.subscribe();
+        // The sender lives as long as the hub, so this cannot fail early.
+        let _ = closed.wait_for(|closed| *closed).await;
+    }
+
+    /// The payments with waiting streams now (a copy, for catching up after
+    /// a backplane outage; not for the request path).
+    pub fn waiting_payments(&self) -> Vec<PayRecordId> {
+        let state = self.lock();
+        state
+            .payments
+            .iter()
+            .filter(|(_, entry)| matches!(entry, Entry::Waiting(_)))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// The hub's size now.

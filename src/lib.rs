@@ -8,6 +8,8 @@
 //!
 //! # Layout
 //!
+//! - [`backplane`]: in-memory vs Redis: where outcomes are decided and how
+//!   they reach other instances.
 //! - [`config`]: flags and environment variables (clap).
 //! - [`model`]: `PayRecordId`, `Status`, `Outcome`, `Callback`: parsed once at the edge.
 //! - [`hub`]: the registry of waiting streams (oneshot senders) and remembered
@@ -21,6 +23,7 @@
 //! - [`shutdown`]: waits for SIGINT or SIGTERM.
 //! - [`signature`]: callback HMAC signatures, subscribe tokens, the redacting `Secret`.
 
+pub mod backplane;
 pub mod config;
 pub mod error;
 pub mod handlers;

@@ -88,7 +88,7 @@ async fn serve(config: Config) -> ExitCode {
     let app = match App::new(config, open_file_limit) {
         Ok(app) => app,
         Err(e) => {
-            log::error!("cannot set up metrics: {e}");
+            log::error!("{e}");
             return ExitCode::from(EXIT_FAILURE);
         }
     };
@@ -97,7 +97,8 @@ async fn serve(config: Config) -> ExitCode {
         .map_or_else(|_| app.config.bind.to_string(), |a| a.to_string());
     let limits = app.hub.limits();
     log::info!(
-        "paypush listening on http://{address} (in-memory mode; up to {} streams, {} per payment)",
+        "paypush listening on http://{address} ({}; up to {} streams, {} per payment)",
+        app.backplane.describe(),
         limits.max_streams,
         limits.max_streams_per_payment
     );

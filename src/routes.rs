@@ -31,7 +31,7 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
         .unify()
         .or(healthz())
         .unify()
-        .or(readyz())
+        .or(readyz(app.clone()))
         .unify()
         .or(metrics(app.clone()))
         .unify()
@@ -88,9 +88,10 @@ pub fn healthz() -> impl Filter<Extract = (Response,), Error = Rejection> + Clon
 }
 
 /// GET /readyz
-pub fn readyz() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn readyz(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("readyz")
         .and(warp::get())
+        .and(with_app(app))
         .and_then(handlers::readyz)
 }
 

@@ -17,6 +17,7 @@ use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use warp::http::{header, HeaderName, HeaderValue, Method};
 
+use crate::backplane::Backplane;
 use crate::config::Config;
 use crate::hub::{Hub, Limits};
 use crate::metrics::Metrics;
@@ -32,11 +33,23 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after an accept error such as running out of file descriptors.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// Why the app could not be built.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// What every handler shares; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct App {
     /// The registry of streams and outcomes.
     pub hub: Hub,
+    /// In memory or over Redis: where outcomes are decided.
+    pub backplane: Backplane,
     /// The process's metrics.
     pub metrics: Metrics,
     /// The settings it runs with.
@@ -45,16 +58,23 @@ pub struct App {
 
 impl App {
     /// Builds the app; `open_file_limit` sizes the default stream limit.
-    pub fn new(config: Config, open_file_limit: u64) -> Result<App, prometheus::Error> {
+    pub fn new(config: Config, open_file_limit: u64) -> Result<App, StartError> {
         let limits = Limits {
             max_streams: config.stream_limit(open_file_limit),
             max_streams_per_payment: usize::try_from(config.max_streams_per_payment)
                 .unwrap_or(usize::MAX),
             outcome_ttl: config.outcome_ttl,
         };
+        let hub = Hub::new(limits);
+        let backplane = Backplane::new(config.redis_url.as_ref(), config.outcome_ttl)
+            .map_err(|e| StartError(format!("cannot use Redis: {}", e.0)))?;
+        backplane.start(&hub);
+        let metrics =
+            Metrics::new().map_err(|e| StartError(format!("cannot set up metrics: {e}")))?;
         Ok(App {
-            hub: Hub::new(limits),
-            metrics: Metrics::new()?,
+            hub,
+            backplane,
+            metrics,
             config: Arc::new(config),
         })
     }

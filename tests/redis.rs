@@ -1,0 +1,528 @@
+//! Scale-out over Redis: several real paypush instances on one real
+//! `redis-server` (started by each test on a free loopback port and stopped
+//! after it), and a deployment behind Debian's nginx.
+//!
+//! Without `redis-server` (or, for the nginx test, `nginx`) on `PATH`, each
+//! test prints why and passes, unless `PAYPUSH_REQUIRE_REDIS=1`, when it fails.
+
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+use helpers::{spawn_app, EventStream, TestApp, PATIENCE};
+
+/// Set to `1` to fail, instead of skip, when redis-server or nginx is missing.
+const REQUIRE_REDIS: &str = "PAYPUSH_REQUIRE_REDIS";
+
+/// True when `program` is installed; otherwise says why the test is skipped
+/// (or fails it when [`REQUIRE_REDIS`] is set).
+fn have(program: &str, package: &str, test: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
+    if found {
+        return true;
+    }
+    let why = format!("{test}: no {program} on PATH; install Debian's {package}");
+    if std::env::var(REQUIRE_REDIS).is_ok_and(|v| v == "1") {
+        panic!("{why} ({REQUIRE_REDIS}=1 requires the Redis tests)");
+    }
+    // Straight to stderr, past the test harness's capture.
+    let _ = writeln!(std::io::stderr(), "SKIPPED redis test {why}");
+    false
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A `redis-server` of the test's own, with no persistence.
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    async fn start() -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            child: None,
+        };
+        server.restart().await;
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts it, empty, on the same port, and waits until it answers.
+    async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.command::<String>(&["PING"]).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    async fn command<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
+        let client = redis::Client::open(self.url())?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query_async(&mut connection).await
+    }
+}
+
+/// A paypush instance on `redis_url`, ready (subscribed) before it is used.
+async fn instance(redis_url: &str, flags: &[&str]) -> TestApp {
+    let mut all = vec!["--redis-url", redis_url];
+    all.extend_from_slice(flags);
+    let app = spawn_app(&all).await;
+    wait_until_ready(&app, 200).await;
+    app
+}
+
+async fn wait_until_ready(app: &TestApp, status: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = app.get("/readyz").await.status().as_u16();
+        if now == status {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz stayed {now}, expected {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn callback_on_one_instance_reaches_a_stream_on_another() {
+    if !have(
+        "redis-server",
+        "redis-server",
+        "callback_on_one_instance_reaches_a_stream_on_another",
+    ) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let a = instance(&redis.url(), &[]).await;
+    let b = instance(&redis.url(), &[]).await;
+    let mut stream = b.push_pending("1").await;
+
+    let answer = a.callback("1", Some("FAILED")).await;
+    assert_eq!(answer.status(), 200);
+    let answer: Value = answer.json().await.unwrap();
+
+    let outcome = stream
+        .next_event()
+        .await
+        .expect("the outcome on instance B");
+    assert_eq!(outcome.json()["status"], "FAILED");
+    assert_eq!(outcome.json()["completedAt"], answer["completedAt"]);
+    assert!(stream.ends().await);
+}
+
+#[tokio::test]
+async fn late_subscriber_on_another_instance_gets_the_outcome_at_once() {
+    if !have(
+        "redis-server",
+        "redis-server",
+        "late_subscriber_on_another_instance_gets_the_outcome_at_once",
+    ) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let a = instance(&redis.url(), &[]).await;
+    let b = instance(&redis.url(), &[]).await;
+    a.callback("2", Some("CLOSED")).await;
+
+    let mut late = b.push("2").await;
+    let first = late.next_event().await.unwrap();
+    assert_eq!(first.event, None, "no pending: the outcome at once");
+    assert_eq!(first.json()["status"], "CLOSED");
+    // Both instances give the same event id, so Last-Event-ID works anywhere.
+    let mut on_a = a.push("2").await;
+    assert_eq!(on_a.next_event().await.unwrap().id, first.id);
+    let stop = b
+        .client
+        .get(b.url("/push?payRecordId=2"))
+        .header("last-event-id", first.id.unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stop.status(), 204);
+}
+
+#[tokio::test]
+async fn duplicates_and_conflicts_are_decided_once_across_instances() {
+    if !have(
+        "redis-server",
+        "redis-server",
+        "duplicates_and_conflicts_are_decided_once_across_instances",
+    ) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let a = instance(&redis.url(), &[]).await;
+    let b = instance(&redis.url(), &[]).await;
+    let first: Value = a.callback("3", None).await.json().await.unwrap();
+    assert_eq!(first["duplicate"], false);
+
+    let again = b.callback("3", Some("success")).await;
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["completedAt"], first["completedAt"]);
+
+    let conflict = b.callback("3", Some("FAILED")).await;
+    assert_eq!(conflict.status(), 409);
+    let conflict: Value = conflict.json().await.unwrap();
+    assert_eq!(conflict["recordedStatus"], "SUCCESS");
+}
+
+#[tokio::test]
+async fn a_thousand_payments_over_three_instances_each_get_their_outcome_once() {
+    if !have(
+        "redis-server",
+        "redis-server",
+        "a_thousand_payments_over_three_instances",
+    ) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let instances = [
+        instance(&redis.url(), &[]).await,
+        instance(&redis.url(), &[]).await,
+        instance(&redis.url(), &[]).await,
+    ];
+    const PAYMENTS: usize = 1000;
+    let mut streams = Vec::new();
+    for batch in (0..PAYMENTS).collect::<Vec<_>>().chunks(100) {
+        let opened = join_all(batch.iter().map(|&i| {
+            let app = &instances[i % 3];
+            async move { (i, app.push_pending(&(10_000 + i).to_string()).await) }
+        }))
+        .await;
+        streams.extend(opened);
+    }
+    // Callbacks to a pseudo-random instance, a different one than the stream's
+    // for two thirds of them.
+    let statuses = ["SUCCESS", "FAILED", "CLOSED"];
+    join_all((0..PAYMENTS).map(|i| {
+        let app = &instances[(i * 7 + i / 3) % 3];
+        async move {
+            let answer = app
+                .callback(&(10_000 + i).to_string(), Some(statuses[i % 3]))
+                .await;
+            assert_eq!(answer.status(), 200);
+        }
+    }))
+    .await;
+
+    let received = join_all(streams.into_iter().map(|(i, mut stream)| async move {
+        let outcome = stream.next_event().await.expect("an outcome");
+        assert_eq!(outcome.json()["payRecordId"], (10_000 + i).to_string());
+        assert_eq!(outcome.json()["status"], statuses[i % 3]);
+        assert!(stream.ends().await, "exactly one outcome, then the end");
+        1
+    }))
+    .await;
+    assert_eq!(received.len(), PAYMENTS);
+    let mut delivered = 0.0;
+    for app in &instances {
+        delivered += app.metric("paypush_outcomes_delivered_total").await;
+    }
+    assert_eq!(
+        delivered, PAYMENTS as f64,
+        "each stream got its outcome once"
+    );
+}
+
+#[tokio::test]
+async fn redis_outage_gives_503_keeps_streams_and_recovers() {
+    if !have(
+        "redis-server",
+        "redis-server",
+        "redis_outage_gives_503_keeps_streams_and_recovers",
+    ) {
+        return;
+    }
+    let mut redis = RedisServer::start().await;
+    let a = instance(&redis.url(), &[]).await;
+    let b = instance(&redis.url(), &[]).await;
+    let mut before = b.push_pending("4").await;
+
+    redis.stop().await;
+    let refused = a.callback("4", None).await;
+    assert_eq!(refused.status(), 503, "never a 200 that is not recorded");
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "unavailable");
+    wait_until_ready(&a, 503).await;
+    let not_ready: Value = a.get("/readyz").await.json().await.unwrap();
+    assert_eq!(not_ready["error"], "not_ready");
+    // New streams are still accepted, open ones stay open.
+    let mut during = b.push_pending("5").await;
+    assert!(
+        before
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_err(),
+        "still waiting"
+    );
+
+    redis.restart().await;
+    wait_until_ready(&a, 200).await;
+    wait_until_ready(&b, 200).await;
+    assert_eq!(a.callback("4", None).await.status(), 200);
+    assert_eq!(a.callback("5", Some("CLOSED")).await.status(), 200);
+    assert_eq!(
+        before.next_event().await.unwrap().json()["status"],
+        "SUCCESS"
+    );
+    assert_eq!(
+        during.next_event().await.unwrap().json()["status"],
+        "CLOSED"
+    );
+}
+
+#[tokio::test]
+async fn callback_during_a_subscriber_drop_is_still_delivered() {
+    if !have(
+        "redis-server",
+        "redis-server",
+        "callback_during_a_subscriber_drop_is_still_delivered",
+    ) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    // B connects as its own ACL user, so the test can cut B's subscriber off
+    // (revoking its channels drops its subscription) and keep it off while A
+    // records and publishes.
+    let _: String = redis
+        .command(&[
+            "ACL",
+            "SETUSER",
+            "bee",
+            "on",
+            ">bee-pass",
+            "~*",
+            "&*",
+            "+@all",
+        ])
+        .await
+        .unwrap();
+    let b_url = format!("redis://bee:bee-pass@127.0.0.1:{}", redis.port);
+    let a = instance(&redis.url(), &[]).await;
+    let b = instance(&b_url, &[]).await;
+    let mut stream = b.push_pending("6").await;
+
+    let _: String = redis
+        .command(&["ACL", "SETUSER", "bee", "resetchannels"])
+        .await
+        .unwrap();
+    wait_until_ready(&b, 503).await;
+    assert_eq!(
+        a.callback("6", Some("FAILED")).await.status(),
+        200,
+        "published while B is away"
+    );
+    assert!(
+        stream
+            .next_within(Duration::from_millis(500))
+            .await
+            .is_err(),
+        "B missed the message"
+    );
+
+    let _: String = redis
+        .command(&["ACL", "SETUSER", "bee", "allchannels"])
+        .await
+        .unwrap();
+    let outcome = stream
+        .next_event()
+        .await
+        .expect("caught up after reconnecting");
+    assert_eq!(outcome.json()["status"], "FAILED");
+}
+
+#[tokio::test]
+async fn replayed_nonce_is_caught_on_another_instance() {
+    if !have(
+        "redis-server",
+        "redis-server",
+        "replayed_nonce_is_caught_on_another_instance",
+    ) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let secret = ["--callback-secret", "shared-secret"];
+    let a = instance(&redis.url(), &secret).await;
+    let b = instance(&redis.url(), &secret).await;
+    let path = "/pay-callback?payRecordId=7";
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
+        .args(["sign", "--secret", "shared-secret", "--path", path])
+        .output()
+        .unwrap();
+    let headers: Vec<(String, String)> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            l.split_once(": ")
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+        })
+        .collect();
+    let send = |app: &TestApp| {
+        let mut request = app.client.get(app.url(path));
+        for (name, value) in &headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    assert_eq!(send(&a).await.unwrap().status(), 200);
+    let replay = send(&b).await.unwrap();
+    assert_eq!(replay.status(), 401);
+    let body: Value = replay.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("already used"));
+}
+
+/// nginx with the shipped example configuration, ports swapped for free ones.
+struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: PathBuf,
+}
+
+impl Nginx {
+    async fn start(upstreams: [&TestApp; 2]) -> Nginx {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("paypush-nginx-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let example =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf"))
+                .unwrap();
+        let config = example
+            .replace("127.0.0.1:8080", &upstreams[0].addr.to_string())
+            .replace("127.0.0.1:8081", &upstreams[1].addr.to_string())
+            .replace("127.0.0.1:8000", &format!("127.0.0.1:{port}"));
+        assert_ne!(config, example, "the example names its ports");
+        std::fs::write(dir.join("nginx.conf"), config).unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .args(["-c", "nginx.conf", "-g", "daemon off; user root;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start nginx");
+        let nginx = Nginx {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while reqwest::get(nginx.url("/healthz")).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nginx did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        nginx
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+#[tokio::test]
+async fn two_instances_behind_nginx_deliver_across_and_unbuffered() {
+    let test = "two_instances_behind_nginx_deliver_across_and_unbuffered";
+    if !have("redis-server", "redis-server", test) || !have("nginx", "nginx", test) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let a = instance(&redis.url(), &[]).await;
+    let b = instance(&redis.url(), &[]).await;
+    let nginx = Nginx::start([&a, &b]).await;
+    let client = reqwest::Client::new();
+
+    // The pending event comes through at once: nginx does not buffer it.
+    let mut stream = EventStream::new(
+        client
+            .get(nginx.url("/push?payRecordId=8"))
+            .send()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(stream.response_status, 200);
+    assert_eq!(
+        stream.next_event().await.unwrap().event.as_deref(),
+        Some("pending")
+    );
+
+    let answer = client
+        .get(nginx.url("/pay-callback?payRecordId=8"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        stream.next_event().await.unwrap().json()["status"],
+        "SUCCESS"
+    );
+
+    // Round-robin sent the stream and the callback to different instances.
+    let stream_on_a = a.metric("paypush_outcomes_delivered_total").await == 1.0;
+    let callback_on_a = a
+        .metric(r#"paypush_callbacks_total{result="recorded",status="SUCCESS"}"#)
+        .await
+        == 1.0;
+    assert_ne!(
+        stream_on_a, callback_on_a,
+        "stream and callback on different instances"
+    );
+}
