@@ -429,6 +429,83 @@ impl Page {
     }
 }
 
+/// A shop page on another origin that subscribes to paypush and posts a
+/// callback to it, as a merchant's own checkout page would.
+const SHOP_PAGE: &str = r#"<!doctype html>
+<meta charset="utf-8"><title>shop</title>
+<body data-state="connecting">
+<script>
+  const paypush = new URLSearchParams(location.search).get("paypush");
+  const id = new URLSearchParams(location.search).get("id");
+  const events = new EventSource(paypush + "/push?payRecordId=" + id, { withCredentials: true });
+  events.addEventListener("pending", () => { document.body.dataset.state = "waiting"; });
+  events.onmessage = (e) => {
+    document.body.dataset.state = "done";
+    document.body.dataset.message = JSON.parse(e.data).message;
+    events.close();
+  };
+  events.onerror = () => {
+    if (document.body.dataset.state !== "done") document.body.dataset.state = "error";
+  };
+  window.pay = (status) => fetch(paypush + "/pay-callback", {
+    method: "POST", credentials: "include",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ payRecordId: id, status }),
+  }).then((r) => r.json()).then((j) => { document.body.dataset.answer = j.status; },
+                                (e) => { document.body.dataset.answer = "blocked"; });
+</script>"#;
+
+#[tokio::test]
+async fn a_page_on_an_allowed_origin_subscribes_and_posts_across_origins() {
+    with_page("a_page_on_an_allowed_origin", |page| async move {
+        let dir = std::env::temp_dir().join(format!("paypush-shop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("shop dir");
+        std::fs::write(dir.join("shop.html"), SHOP_PAGE).expect("shop page");
+        let shop = spawn_app(&["--static-dir", dir.to_str().expect("utf-8 path")]).await;
+        let shop_origin = format!("http://{}", shop.addr);
+        let paypush = spawn_app(&["--allow-origin", &shop_origin]).await;
+        let closed = spawn_app(&[]).await;
+
+        // Allowed: the stream opens, and the JSON callback passes its preflight.
+        page.open(&shop, &format!("/shop.html?id=81&paypush=http://{}", paypush.addr)).await;
+        page.wait_for_body("state", "waiting").await;
+        page.client.execute("window.pay('FAILED');", vec![]).await.expect("pay");
+        page.wait_for_body("answer", "FAILED").await;
+        page.wait_for_body("state", "done").await;
+        page.wait_for_body("message", "支付失败").await;
+
+        // Not allowed: the browser refuses both.
+        page.open(&shop, &format!("/shop.html?id=82&paypush=http://{}", closed.addr)).await;
+        page.wait_for_body("state", "error").await;
+        page.client.execute("window.pay('SUCCESS');", vec![]).await.expect("pay");
+        page.wait_for_body("answer", "blocked").await;
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+impl Page {
+    /// Waits until `document.body.dataset[key]` is `value`.
+    async fn wait_for_body(&self, key: &str, value: &str) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let now = self
+                .client
+                .execute(&format!("return document.body.dataset.{key} || '';"), vec![])
+                .await
+                .expect("read the page");
+            if now == value {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waited {DEADLINE:?} for {key} = {value}; it is {now}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The browser
 

@@ -422,7 +422,9 @@ async fn replayed_nonce_is_caught_on_another_instance() {
 
 /// nginx with the shipped example configuration, ports swapped for free ones.
 struct Nginx {
-    child: Child,
+    /// A std child: dropping the test must stop nginx gracefully (SIGQUIT),
+    /// as killing its master would leave its workers behind.
+    child: std::process::Child,
     port: u16,
     _dir: PathBuf,
 }
@@ -441,13 +443,12 @@ impl Nginx {
             .replace("127.0.0.1:8000", &format!("127.0.0.1:{port}"));
         assert_ne!(config, example, "the example names its ports");
         std::fs::write(dir.join("nginx.conf"), config).unwrap();
-        let child = Command::new("nginx")
+        let child = std::process::Command::new("nginx")
             .arg("-p")
             .arg(&dir)
             .args(["-c", "nginx.conf", "-g", "daemon off; user root;"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .expect("start nginx");
         let nginx = Nginx {
@@ -473,7 +474,10 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.start_kill();
+        let _ = std::process::Command::new("kill")
+            .args(["-QUIT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self._dir);
     }
 }
@@ -525,4 +529,24 @@ async fn two_instances_behind_nginx_deliver_across_and_unbuffered() {
         stream_on_a, callback_on_a,
         "stream and callback on different instances"
     );
+}
+
+#[tokio::test]
+async fn paypush_started_before_redis_becomes_ready_when_redis_appears() {
+    if !have("redis-server", "redis-server", "paypush_started_before_redis_becomes_ready_when_redis_appears") {
+        return;
+    }
+    let mut redis = RedisServer {
+        port: free_port(),
+        child: None,
+    };
+    let app = spawn_app(&["--redis-url", &redis.url()]).await;
+    wait_until_ready(&app, 503).await;
+    assert_eq!(app.callback("9", None).await.status(), 503);
+    let mut stream = app.push_pending("9").await;
+
+    redis.restart().await;
+    wait_until_ready(&app, 200).await;
+    assert_eq!(app.callback("9", None).await.status(), 200);
+    assert_eq!(stream.next_event().await.unwrap().json()["status"], "SUCCESS");
 }
