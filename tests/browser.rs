@@ -467,17 +467,31 @@ async fn a_page_on_an_allowed_origin_subscribes_and_posts_across_origins() {
         let closed = spawn_app(&[]).await;
 
         // Allowed: the stream opens, and the JSON callback passes its preflight.
-        page.open(&shop, &format!("/shop.html?id=81&paypush=http://{}", paypush.addr)).await;
+        page.open(
+            &shop,
+            &format!("/shop.html?id=81&paypush=http://{}", paypush.addr),
+        )
+        .await;
         page.wait_for_body("state", "waiting").await;
-        page.client.execute("window.pay('FAILED');", vec![]).await.expect("pay");
+        page.client
+            .execute("window.pay('FAILED');", vec![])
+            .await
+            .expect("pay");
         page.wait_for_body("answer", "FAILED").await;
         page.wait_for_body("state", "done").await;
         page.wait_for_body("message", "支付失败").await;
 
         // Not allowed: the browser refuses both.
-        page.open(&shop, &format!("/shop.html?id=82&paypush=http://{}", closed.addr)).await;
+        page.open(
+            &shop,
+            &format!("/shop.html?id=82&paypush=http://{}", closed.addr),
+        )
+        .await;
         page.wait_for_body("state", "error").await;
-        page.client.execute("window.pay('SUCCESS');", vec![]).await.expect("pay");
+        page.client
+            .execute("window.pay('SUCCESS');", vec![])
+            .await
+            .expect("pay");
         page.wait_for_body("answer", "blocked").await;
         let _ = std::fs::remove_dir_all(&dir);
     })
@@ -491,7 +505,10 @@ impl Page {
         loop {
             let now = self
                 .client
-                .execute(&format!("return document.body.dataset.{key} || '';"), vec![])
+                .execute(
+                    &format!("return document.body.dataset.{key} || '';"),
+                    vec![],
+                )
                 .await
                 .expect("read the page");
             if now == value {

@@ -533,7 +533,11 @@ async fn two_instances_behind_nginx_deliver_across_and_unbuffered() {
 
 #[tokio::test]
 async fn paypush_started_before_redis_becomes_ready_when_redis_appears() {
-    if !have("redis-server", "redis-server", "paypush_started_before_redis_becomes_ready_when_redis_appears") {
+    if !have(
+        "redis-server",
+        "redis-server",
+        "paypush_started_before_redis_becomes_ready_when_redis_appears",
+    ) {
         return;
     }
     let mut redis = RedisServer {
@@ -548,5 +552,8 @@ async fn paypush_started_before_redis_becomes_ready_when_redis_appears() {
     redis.restart().await;
     wait_until_ready(&app, 200).await;
     assert_eq!(app.callback("9", None).await.status(), 200);
-    assert_eq!(stream.next_event().await.unwrap().json()["status"], "SUCCESS");
+    assert_eq!(
+        stream.next_event().await.unwrap().json()["status"],
+        "SUCCESS"
+    );
 }
