@@ -172,7 +172,7 @@ impl Backplane {
             },
             Some(recorded) => {
                 // Make sure this instance's streams have it too.
-                hub.complete(recorded.clone());
+                hub.deliver(recorded.clone());
                 let recorded = Arc::new(recorded);
                 if recorded.status == outcome.status {
                     Completion::Duplicate(recorded)
@@ -192,7 +192,7 @@ impl Backplane {
         };
         Ok(match redis.recorded(id).await? {
             Some(outcome) => {
-                hub.complete(outcome);
+                hub.deliver(outcome);
                 true
             }
             None => false,
@@ -296,7 +296,7 @@ impl Redis {
             let values: Vec<Option<String>> = with_timeout(commands.mget(keys)).await?;
             for (id, value) in batch.iter().zip(values) {
                 if let Some(outcome) = value.and_then(|v| decode_value(*id, &v)) {
-                    if matches!(hub.complete(outcome), Completion::Recorded { .. }) {
+                    if hub.deliver(outcome) > 0 {
                         delivered += 1;
                     }
                 }
@@ -387,7 +387,7 @@ fn deliver(hub: &Hub, payload: &str) {
     }
     match decode_message(payload) {
         Some(outcome) => {
-            hub.complete(outcome);
+            hub.deliver(outcome);
         }
         None => log::warn!("ignored an unreadable message on {CHANNEL}"),
     }

@@ -81,6 +81,16 @@ enum Entry {
     },
 }
 
+impl Entry {
+    /// The senders of a waiting entry; none for a done one.
+    fn into_waiters(self) -> Vec<Waiter> {
+        match self {
+            Entry::Waiting(waiters) => waiters,
+            Entry::Done { .. } => Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Waiter {
     id: u64,
@@ -220,8 +230,24 @@ impl Hub {
     /// Records `outcome` unless its payment has one, then sends it to every
     /// waiting stream of the payment. First outcome wins.
     pub fn complete(&self, outcome: Outcome) -> Completion {
-        let ttl = self.shared.limits.outcome_ttl;
-        let expires_at = Instant::now() + ttl;
+        self.settle(outcome, true)
+    }
+
+    /// Hands an outcome recorded elsewhere (another instance, via Redis) to
+    /// the streams waiting here, and remembers it only if any waits: an
+    /// instance does not keep every outcome of the cluster. Returns how many
+    /// streams it reached.
+    pub fn deliver(&self, outcome: Outcome) -> usize {
+        match self.settle(outcome, false) {
+            Completion::Recorded { notified, .. } => notified,
+            Completion::Duplicate(_) | Completion::Conflict(_) => 0,
+        }
+    }
+
+    /// `complete` and `deliver`: with `remember_unwatched` false, an outcome
+    /// nobody waits for is not kept (and reported as reaching no stream).
+    fn settle(&self, outcome: Outcome, remember_unwatched: bool) -> Completion {
+        let expires_at = Instant::now() + self.shared.limits.outcome_ttl;
         let id = outcome.pay_record_id;
         let outcome = Arc::new(outcome);
         let done = Entry::Done {
@@ -229,28 +255,27 @@ impl Hub {
             expires_at,
         };
         let mut state = self.lock();
-        let waiters = match state.payments.insert(id, done) {
+        let waiters = match state.payments.get_mut(&id) {
             Some(Entry::Done {
-                outcome: recorded,
-                expires_at,
+                outcome: recorded, ..
             }) => {
-                // Put the first outcome back: nothing changes.
-                let completion = if recorded.status == outcome.status {
+                return if recorded.status == outcome.status {
                     Completion::Duplicate(recorded.clone())
                 } else {
                     Completion::Conflict(recorded.clone())
                 };
-                state.payments.insert(
-                    id,
-                    Entry::Done {
-                        outcome: recorded,
-                        expires_at,
-                    },
-                );
-                return completion;
             }
-            Some(Entry::Waiting(waiters)) => waiters,
-            None => Vec::new(),
+            Some(entry) => std::mem::replace(entry, done).into_waiters(),
+            None if !remember_unwatched => {
+                return Completion::Recorded {
+                    outcome,
+                    notified: 0,
+                }
+            }
+            None => {
+                state.payments.insert(id, done);
+                Vec::new()
+            }
         };
         state.recorded_outcomes += 1;
         self.expire_at(state, expires_at, Expiring::Outcome(id));
@@ -467,6 +492,16 @@ mod tests {
         ));
         assert_eq!(a.outcome().await.unwrap().status, Status::Success);
         assert_eq!(b.outcome().await.unwrap().status, Status::Success);
+    }
+
+    #[tokio::test]
+    async fn delivered_outcomes_are_kept_only_where_streams_wait() {
+        let hub = hub(10, 10);
+        let mut a = waiting(hub.subscribe(id(1)));
+        assert_eq!(hub.deliver(Outcome::new(id(1), Status::Success)), 1);
+        assert_eq!(a.outcome().await.unwrap().status, Status::Success);
+        assert_eq!(hub.deliver(Outcome::new(id(2), Status::Success)), 0);
+        assert_eq!(hub.stats().recorded_outcomes, 1, "payment 2 is not kept");
     }
 
     #[tokio::test]
