@@ -118,6 +118,7 @@ async fn invalid_ids_are_refused_on_both_routes() {
         "0",
         "-1",
         "01",
+        "+1",
         "%2B1",
         "1.5",
         "",
