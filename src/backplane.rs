@@ -200,15 +200,11 @@ impl Backplane {
     }
 
     /// Remembers a signed callback's nonce, cluster-wide in Redis mode.
-    pub async fn remember_nonce(
-        &self,
-        hub: &Hub,
-        nonce: &str,
-        memory: Duration,
-    ) -> Result<NonceCheck, Unavailable> {
+    pub async fn remember_nonce(&self, hub: &Hub, nonce: &str) -> Result<NonceCheck, Unavailable> {
         let Backplane::Redis(redis) = self else {
-            return Ok(hub.remember_nonce(nonce, memory));
+            return Ok(hub.remember_nonce(nonce));
         };
+        let memory = hub.limits().nonce_memory;
         let mut commands = redis.commands().await?;
         let options = redis::SetOptions::default()
             .conditional_set(redis::ExistenceCheck::NX)

@@ -18,7 +18,7 @@ use crate::hub::{Completion, NonceCheck, SubscribeError, Subscription};
 use crate::metrics::CallbackResult;
 use crate::model::{single, Callback, CallbackJson, Outcome, PayRecordId};
 use crate::server::App;
-use crate::signature::{self, SignatureError, SignatureHeaders, SignedParts, NONCE_MEMORY};
+use crate::signature::{self, SignatureError, SignatureHeaders, SignedParts};
 use crate::sse;
 
 /// The files of `static/`, built into the binary.
@@ -98,7 +98,7 @@ impl CallbackRequest {
         headers.verify(secret, parts, SystemTime::now())?;
         let check = app
             .backplane
-            .remember_nonce(&app.hub, &headers.nonce, NONCE_MEMORY)
+            .remember_nonce(&app.hub, &headers.nonce)
             .await
             .map_err(unavailable)?;
         match check {

@@ -4,14 +4,17 @@
 //! It is a cheap-clone handle around an `Arc<Mutex<HashMap>>` keyed by
 //! [`PayRecordId`]. A payment is either *waiting*, with one oneshot sender per
 //! open stream, or *done*, with its outcome remembered until the outcome TTL.
-//! One background task purges expired outcomes: it sleeps until the next
-//! deadline (a `BTreeSet` ordered by instant) or until woken, so no request
-//! ever scans the map.
+//! One background task purges expired outcomes (and the nonces of signed
+//! callbacks): it sleeps until the next deadline or until woken, so no request
+//! ever scans the map. Every outcome lives the same TTL and every nonce the
+//! same memory, and deadlines are taken under the lock, so each kind's
+//! deadlines are already in order in a FIFO queue: setting one and purging
+//! one are O(1), with no tree to keep.
 //!
 //! The lock is a `std::sync::Mutex`: nothing awaits while holding it, and it is
 //! held for map operations only, released before any sender fires.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -29,6 +32,8 @@ pub struct Limits {
     pub max_streams_per_payment: usize,
     /// How long an outcome is remembered for late subscribers and duplicates.
     pub outcome_ttl: Duration,
+    /// How long a signed callback's nonce is remembered, to refuse replays.
+    pub nonce_memory: Duration,
 }
 
 /// A handle to the hub; clones share the same state.
@@ -52,9 +57,10 @@ struct State {
     payments: HashMap<PayRecordId, Entry>,
     /// Nonces of signed callbacks seen lately, for replay detection.
     nonces: HashMap<String, Instant>,
-    /// Deadlines of outcomes and nonces, earliest first, so the purge task
-    /// finds the next one without a scan.
-    expirations: BTreeSet<(Instant, Expiring)>,
+    /// Outcome deadlines, oldest first (see the module docs).
+    outcome_deadlines: VecDeque<(Instant, PayRecordId)>,
+    /// Nonce deadlines, oldest first.
+    nonce_deadlines: VecDeque<(Instant, String)>,
     /// Outcomes remembered now.
     recorded_outcomes: usize,
     /// Waiting streams alive now, across all payments.
@@ -65,11 +71,13 @@ struct State {
     shutdown: bool,
 }
 
-/// What a deadline in `expirations` is for.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Expiring {
-    Outcome(PayRecordId),
-    Nonce(String),
+impl State {
+    /// The earliest deadline of any kind.
+    fn next_deadline(&self) -> Option<Instant> {
+        let outcome = self.outcome_deadlines.front().map(|(at, _)| *at);
+        let nonce = self.nonce_deadlines.front().map(|(at, _)| *at);
+        outcome.into_iter().chain(nonce).min()
+    }
 }
 
 #[derive(Debug)]
@@ -247,14 +255,14 @@ impl Hub {
     /// `complete` and `deliver`: with `remember_unwatched` false, an outcome
     /// nobody waits for is not kept (and reported as reaching no stream).
     fn settle(&self, outcome: Outcome, remember_unwatched: bool) -> Completion {
-        let expires_at = Instant::now() + self.shared.limits.outcome_ttl;
         let id = outcome.pay_record_id;
         let outcome = Arc::new(outcome);
+        let mut state = self.lock();
+        let expires_at = Instant::now() + self.shared.limits.outcome_ttl;
         let done = Entry::Done {
             outcome: outcome.clone(),
             expires_at,
         };
-        let mut state = self.lock();
         let waiters = match state.payments.get_mut(&id) {
             Some(Entry::Done {
                 outcome: recorded, ..
@@ -278,7 +286,10 @@ impl Hub {
             }
         };
         state.recorded_outcomes += 1;
-        self.expire_at(state, expires_at, Expiring::Outcome(id));
+        let wake = state.next_deadline().is_none_or(|next| expires_at < next);
+        state.outcome_deadlines.push_back((expires_at, id));
+        drop(state);
+        self.wake_purge_task_if(wake);
         let notified = waiters
             .into_iter()
             .map(|waiter| waiter.sender.send(outcome.clone()).is_ok())
@@ -287,10 +298,9 @@ impl Hub {
         Completion::Recorded { outcome, notified }
     }
 
-    /// Remembers a signed callback's nonce for `memory`, unless it is
+    /// Remembers a signed callback's nonce for the nonce memory, unless it is
     /// remembered already (a replay).
-    pub fn remember_nonce(&self, nonce: &str, memory: Duration) -> NonceCheck {
-        let expires_at = Instant::now() + memory;
+    pub fn remember_nonce(&self, nonce: &str) -> NonceCheck {
         let mut state = self.lock();
         if state.nonces.contains_key(nonce) {
             return NonceCheck::Replayed;
@@ -298,21 +308,20 @@ impl Hub {
         if state.nonces.len() >= MAX_NONCES {
             return NonceCheck::Full;
         }
+        let expires_at = Instant::now() + self.shared.limits.nonce_memory;
+        let wake = state.next_deadline().is_none_or(|next| expires_at < next);
         state.nonces.insert(nonce.to_string(), expires_at);
-        self.expire_at(state, expires_at, Expiring::Nonce(nonce.to_string()));
+        state
+            .nonce_deadlines
+            .push_back((expires_at, nonce.to_string()));
+        drop(state);
+        self.wake_purge_task_if(wake);
         NonceCheck::Fresh
     }
 
-    /// Adds a deadline, releases the lock, and wakes the purge task if the
-    /// deadline is now the earliest.
-    fn expire_at(&self, mut state: MutexGuard<'_, State>, at: Instant, what: Expiring) {
-        let earliest = state
-            .expirations
-            .first()
-            .is_none_or(|(first, _)| at < *first);
-        state.expirations.insert((at, what));
-        drop(state);
-        if earliest {
+    /// Wakes the purge task when a new deadline is earlier than any it knew.
+    fn wake_purge_task_if(&self, earlier: bool) {
+        if earlier {
             self.shared.purge_task.notify_one();
         }
     }
@@ -397,28 +406,20 @@ impl Hub {
         }
         let now = Instant::now();
         let state = &mut *state;
-        while let Some((at, _)) = state.expirations.first() {
-            if *at > now {
-                return Ok(Some(*at));
-            }
-            let Some((at, what)) = state.expirations.pop_first() else {
-                break;
-            };
-            match what {
-                Expiring::Outcome(id) => {
-                    let expired = matches!(state.payments.get(&id),
-                        Some(Entry::Done { expires_at, .. }) if *expires_at == at);
-                    if expired {
-                        state.payments.remove(&id);
-                        state.recorded_outcomes -= 1;
-                    }
-                }
-                Expiring::Nonce(nonce) => {
-                    state.nonces.remove(&nonce);
-                }
+        while let Some(&(at, id)) = state.outcome_deadlines.front().filter(|(at, _)| *at <= now) {
+            state.outcome_deadlines.pop_front();
+            let expired = matches!(state.payments.get(&id),
+                Some(Entry::Done { expires_at, .. }) if *expires_at == at);
+            if expired {
+                state.payments.remove(&id);
+                state.recorded_outcomes -= 1;
             }
         }
-        Ok(None)
+        while let Some((_, nonce)) = state.nonce_deadlines.front().filter(|(at, _)| *at <= now) {
+            state.nonces.remove(nonce);
+            state.nonce_deadlines.pop_front();
+        }
+        Ok(state.next_deadline())
     }
 }
 
@@ -466,6 +467,7 @@ mod tests {
             max_streams,
             max_streams_per_payment: per_payment,
             outcome_ttl: Duration::from_secs(60),
+            nonce_memory: Duration::from_secs(600),
         })
     }
 
@@ -559,20 +561,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn nonces_are_remembered_for_their_window_only() {
         let hub = hub(10, 10);
-        let window = Duration::from_secs(600);
-        assert_eq!(
-            hub.remember_nonce("abcdefghijklmnop", window),
-            NonceCheck::Fresh
-        );
-        assert_eq!(
-            hub.remember_nonce("abcdefghijklmnop", window),
-            NonceCheck::Replayed
-        );
-        tokio::time::sleep(window + Duration::from_secs(1)).await;
-        assert_eq!(
-            hub.remember_nonce("abcdefghijklmnop", window),
-            NonceCheck::Fresh
-        );
+        assert_eq!(hub.remember_nonce("abcdefghijklmnop"), NonceCheck::Fresh);
+        assert_eq!(hub.remember_nonce("abcdefghijklmnop"), NonceCheck::Replayed);
+        tokio::time::sleep(Duration::from_secs(601)).await;
+        assert_eq!(hub.remember_nonce("abcdefghijklmnop"), NonceCheck::Fresh);
     }
 
     #[tokio::test]

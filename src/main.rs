@@ -95,6 +95,13 @@ async fn serve(config: Config) -> ExitCode {
     let address = listener
         .local_addr()
         .map_or_else(|_| app.config.bind.to_string(), |a| a.to_string());
+    let shutdown = paypush::shutdown::signal();
+    if app.config.callback_secret.is_none() {
+        log::warn!(
+            "demo mode: callbacks are unauthenticated, so anyone can mark any order as paid; \
+             set PAYPUSH_CALLBACK_SECRET in production"
+        );
+    }
     let limits = app.hub.limits();
     log::info!(
         "paypush listening on http://{address} ({}; up to {} streams, {} per payment)",
@@ -102,13 +109,7 @@ async fn serve(config: Config) -> ExitCode {
         limits.max_streams,
         limits.max_streams_per_payment
     );
-    if app.config.callback_secret.is_none() {
-        log::warn!(
-            "demo mode: callbacks are unauthenticated, so anyone can mark any order as paid; \
-             set PAYPUSH_CALLBACK_SECRET in production"
-        );
-    }
-    server::run(listener, app, paypush::shutdown::signal()).await;
+    server::run(listener, app, shutdown).await;
     log::info!("paypush stopped");
     ExitCode::SUCCESS
 }

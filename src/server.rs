@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::hub::{Hub, Limits};
 use crate::metrics::Metrics;
 use crate::routes;
+use crate::signature::NONCE_MEMORY;
 
 /// Request line and headers above this size get `431`: hyper reads at most
 /// this much before the headers are complete.
@@ -64,6 +65,7 @@ impl App {
             max_streams_per_payment: usize::try_from(config.max_streams_per_payment)
                 .unwrap_or(usize::MAX),
             outcome_ttl: config.outcome_ttl,
+            nonce_memory: NONCE_MEMORY,
         };
         let hub = Hub::new(limits);
         let backplane = Backplane::new(config.redis_url.as_ref(), config.outcome_ttl)

@@ -4,30 +4,26 @@
 //! it shuts the hub down, which drops every waiting stream's sender, and each
 //! stream ends on that (see [`crate::hub::Hub::shutdown`]).
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            log::error!("cannot listen for SIGINT: {e}");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
+use std::future::Future;
+
+use tokio::signal::unix::{signal as listen, SignalKind};
+
+/// Listens for SIGINT and SIGTERM from now on (call it before announcing
+/// that the server listens), and completes on the first of them.
+pub fn signal() -> impl Future<Output = ()> {
+    let interrupt = listen(SignalKind::interrupt());
+    let terminate = listen(SignalKind::terminate());
+    async move {
+        let (mut interrupt, mut terminate) = match (interrupt, terminate) {
+            (Ok(interrupt), Ok(terminate)) => (interrupt, terminate),
+            (Err(e), _) | (_, Err(e)) => {
+                log::error!("cannot listen for SIGINT and SIGTERM ({e}); stop with SIGKILL");
+                return std::future::pending().await;
             }
-            Err(e) => {
-                log::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
+        };
+        tokio::select! {
+            _ = interrupt.recv() => log::info!("SIGINT received"),
+            _ = terminate.recv() => log::info!("SIGTERM received"),
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => log::info!("SIGINT received"),
-        _ = terminate => log::info!("SIGTERM received"),
     }
 }
