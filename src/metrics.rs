@@ -31,11 +31,30 @@ pub enum CallbackResult {
     Conflict,
 }
 
+impl CallbackResult {
+    /// Every result, in the order of the enum.
+    const ALL: [CallbackResult; 3] = [
+        CallbackResult::Recorded,
+        CallbackResult::Duplicate,
+        CallbackResult::Conflict,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            CallbackResult::Recorded => "recorded",
+            CallbackResult::Duplicate => "duplicate",
+            CallbackResult::Conflict => "conflict",
+        }
+    }
+}
+
 /// The process's metrics; one per app, so tests' servers do not mix.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
-    callbacks: IntCounterVec,
+    /// `paypush_callbacks_total`'s children, looked up once, by
+    /// `[status][result]`: no label hashing per callback.
+    callbacks: [[IntCounter; 3]; 3],
     delivered: IntCounter,
     timeouts: IntCounter,
     delivery_seconds: Histogram,
@@ -47,15 +66,19 @@ pub struct Metrics {
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Result<Metrics, prometheus::Error> {
+        let callbacks = IntCounterVec::new(
+            Opts::new(
+                "callbacks_total",
+                "Callbacks accepted, by status and result.",
+            ),
+            &["status", "result"],
+        )?;
         let metrics = Metrics {
             registry: Registry::new_custom(Some("paypush".into()), None)?,
-            callbacks: IntCounterVec::new(
-                Opts::new(
-                    "callbacks_total",
-                    "Callbacks accepted, by status and result.",
-                ),
-                &["status", "result"],
-            )?,
+            callbacks: Status::ALL.map(|status| {
+                CallbackResult::ALL
+                    .map(|result| callbacks.with_label_values(&[status.as_str(), result.label()]))
+            }),
             delivered: IntCounter::new(
                 "outcomes_delivered_total",
                 "Outcome events written to streams.",
@@ -82,33 +105,19 @@ impl Metrics {
             )?,
         };
         let r = &metrics.registry;
-        r.register(Box::new(metrics.callbacks.clone()))?;
+        r.register(Box::new(callbacks))?;
         r.register(Box::new(metrics.delivered.clone()))?;
         r.register(Box::new(metrics.timeouts.clone()))?;
         r.register(Box::new(metrics.delivery_seconds.clone()))?;
         r.register(Box::new(metrics.open_streams.clone()))?;
         r.register(Box::new(metrics.waiting_payments.clone()))?;
         r.register(Box::new(metrics.recorded_outcomes.clone()))?;
-        for status in Status::ALL {
-            for result in ["recorded", "duplicate", "conflict"] {
-                metrics
-                    .callbacks
-                    .with_label_values(&[status.as_str(), result]);
-            }
-        }
         Ok(metrics)
     }
 
     /// Counts a callback.
     pub fn callback(&self, status: Status, result: CallbackResult) {
-        let result = match result {
-            CallbackResult::Recorded => "recorded",
-            CallbackResult::Duplicate => "duplicate",
-            CallbackResult::Conflict => "conflict",
-        };
-        self.callbacks
-            .with_label_values(&[status.as_str(), result])
-            .inc();
+        self.callbacks[status as usize][result as usize].inc();
     }
 
     /// Counts an outcome event written to a waiting stream.
