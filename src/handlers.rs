@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::path::Path;
-
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -28,23 +27,20 @@ static STATIC_FILES: include_dir::Dir<'_> = include_dir::include_dir!("$CARGO_MA
 /// when the client already has that outcome (`Last-Event-ID`).
 pub async fn push(
     query: Vec<(String, String)>,
-    headers: HeaderMap,
+    last_event_id: Option<String>,
     app: App,
 ) -> Result<Response, Rejection> {
-    let id = single(&query, "payRecordId")
-        .ok()
-        .flatten()
-        .and_then(|s| PayRecordId::parse(s).ok())
-        .ok_or(ApiError::InvalidPayRecordId)?;
+    let id = PayRecordId::from_pairs(&query).map_err(|_| ApiError::InvalidPayRecordId)?;
     if let Some(secret) = &app.config.subscribe_secret {
         let token = single(&query, "token").ok().flatten().unwrap_or_default();
         if !signature::verify_token(secret, id, token) {
             return Err(ApiError::InvalidToken.into());
         }
     }
-    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let mut response = match subscribe(&app, id).await {
-        Ok(Subscription::Recorded(outcome)) if last_event_id == Some(&outcome.event_id()) => {
+        Ok(Subscription::Recorded(outcome))
+            if last_event_id.as_deref() == Some(&outcome.event_id()) =>
+        {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
         Ok(Subscription::Recorded(outcome)) => {

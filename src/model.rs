@@ -39,6 +39,14 @@ impl PayRecordId {
         }
     }
 
+    /// The id given once as `payRecordId` in query or form pairs.
+    pub fn from_pairs(pairs: &[(String, String)]) -> Result<Self, InvalidPayRecordId> {
+        match single(pairs, "payRecordId") {
+            Ok(Some(s)) => PayRecordId::parse(s),
+            Ok(None) | Err(Repeated) => Err(InvalidPayRecordId),
+        }
+    }
+
     /// Builds an id from a JSON number.
     pub fn from_u64(n: u64) -> Result<Self, InvalidPayRecordId> {
         if (1..=Self::MAX).contains(&n) {
@@ -254,10 +262,8 @@ pub enum InvalidCallback {
 impl Callback {
     /// From query or form pairs: `payRecordId=123&status=failed`.
     pub fn from_pairs(pairs: &[(String, String)]) -> Result<Callback, InvalidCallback> {
-        let pay_record_id = single(pairs, "payRecordId")
-            .map_err(|Repeated| InvalidCallback::PayRecordId)?
-            .ok_or(InvalidCallback::PayRecordId)
-            .and_then(|s| PayRecordId::parse(s).map_err(|_| InvalidCallback::PayRecordId))?;
+        let pay_record_id =
+            PayRecordId::from_pairs(pairs).map_err(|_| InvalidCallback::PayRecordId)?;
         let status = match single(pairs, "status").map_err(|Repeated| InvalidCallback::Status)? {
             Some(s) => s.parse().map_err(|_| InvalidCallback::Status)?,
             None => Status::Success,

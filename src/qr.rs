@@ -19,7 +19,7 @@ use warp::reply::{Reply, Response};
 use warp::Rejection;
 
 use crate::error::ApiError;
-use crate::model::{single, PayRecordId};
+use crate::model::PayRecordId;
 
 /// Color of the dark modules.
 const DARK: &str = "#111827";
@@ -31,11 +31,7 @@ pub async fn qr_svg(
     query: Vec<(String, String)>,
     host: Option<Authority>,
 ) -> Result<Response, Rejection> {
-    let id = single(&query, "payRecordId")
-        .ok()
-        .flatten()
-        .and_then(|s| PayRecordId::parse(s).ok())
-        .ok_or(ApiError::InvalidPayRecordId)?;
+    let id = PayRecordId::from_pairs(&query).map_err(|_| ApiError::InvalidPayRecordId)?;
     let path = callback_path(id);
     let image = host
         .and_then(|host| svg(&format!("http://{host}{path}")))

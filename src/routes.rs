@@ -48,7 +48,7 @@ pub fn push(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> +
     warp::path!("push")
         .and(warp::get())
         .and(query_pairs())
-        .and(warp::header::headers_cloned())
+        .and(warp::header::optional::<String>("last-event-id"))
         .and(with_app(app))
         .and_then(handlers::push)
 }
