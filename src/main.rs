@@ -10,7 +10,18 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use paypush::config::{Cli, Command, Config};
 use paypush::server::{self, App};
 use paypush::signature::{self, SignedParts};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
+
+/// jemalloc leaves the untouched pages of each connection's 8 KiB hyper
+/// buffers untouched; glibc's malloc does not (measured: 15.0 -> 11.4 KiB
+/// of RSS per waiting stream at 10 000 streams).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Connections the kernel queues before paypush accepts them: a burst of
+/// reconnecting EventSources must not overflow it (the default, 128, drops
+/// SYNs and costs each dropped client a 1 s retransmit).
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Exit code for a configuration the server cannot start with.
 const EXIT_USAGE: u8 = 2;
@@ -78,7 +89,7 @@ async fn main() -> ExitCode {
 /// Runs the server until SIGINT or SIGTERM.
 async fn serve(config: Config) -> ExitCode {
     let open_file_limit = raise_open_file_limit();
-    let listener = match TcpListener::bind(config.bind).await {
+    let listener = match bind(config.bind) {
         Ok(listener) => listener,
         Err(e) => {
             log::error!("cannot listen on {}: {e}", config.bind);
@@ -112,6 +123,18 @@ async fn serve(config: Config) -> ExitCode {
     server::run(listener, app, shutdown).await;
     log::info!("paypush stopped");
     ExitCode::SUCCESS
+}
+
+/// Binds the listening socket with [`LISTEN_BACKLOG`].
+fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn missing_secret(variable: &str) -> ExitCode {

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -52,7 +53,9 @@ pub struct App {
     /// In memory or over Redis: where outcomes are decided.
     pub backplane: Backplane,
     /// The process's metrics.
-    pub metrics: Metrics,
+    /// Behind an `Arc`: every route's filter, every connection's service and
+    /// every stream holds a clone, and `Metrics` itself is a dozen `Arc`s.
+    pub metrics: Arc<Metrics>,
     /// The settings it runs with.
     pub config: Arc<Config>,
 }
@@ -76,7 +79,7 @@ impl App {
         Ok(App {
             hub,
             backplane,
-            metrics,
+            metrics: Arc::new(metrics),
             config: Arc::new(config),
         })
     }
@@ -120,10 +123,20 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
     let service = ServiceBuilder::new()
         .option_layer(cors(&app.config.allow_origin))
-        .service(warp::service(routes::routes(app.clone())));
+        // Boxed: each connection and each request then clones one `Arc`
+        // instead of the whole filter tree (an `App` per route), and a
+        // request's filter future is freed once its response has started,
+        // instead of staying in hyper's per-connection in-flight slot.
+        .service(warp::service(warp::Filter::boxed(routes::routes(
+            app.clone(),
+        ))));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.max_buf_size(MAX_HEADER_BYTES)
+        // One flat write buffer per connection: SSE events are a few hundred
+        // bytes, so copying them is cheaper than the queue of buffers (a
+        // VecDeque kept for the connection's life) that vectored writes need.
+        .writev(false)
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -147,11 +160,14 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
             TowerToHyperService::new(service.clone()),
         );
         let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
+        // `map`, not `async move { connection.await }`: such a block keeps
+        // both the captured connection and the awaited one in its layout,
+        // doubling every connection's task (2.8 KB instead of 1.4 KB).
+        tokio::spawn(connection.map(move |result| {
+            if let Err(e) = result {
                 log::debug!("connection from {peer} ended: {e}");
             }
-        });
+        }));
     }
     drop(listener);
     log::info!("shutting down: ending open streams");

@@ -29,7 +29,7 @@ pub fn waiting(
     mut waiting: Waiting,
     push_timeout: Duration,
     keep_alive: Duration,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
 ) -> impl TryStream<Ok = Event, Error = impl StdError + Send + Sync + 'static> + Send + 'static {
     let id = waiting.pay_record_id();
     let pending = Event::default()
