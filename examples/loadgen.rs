@@ -22,7 +22,8 @@
 //! Latency is per payment: from just before the callback request is written
 //! to the moment the outcome event is read on that payment's stream. An
 //! outcome that does not arrive by the deadline is *lost*; a second outcome
-//! event on one stream is a *duplicate*.
+//! event on one stream (in the read that brought the first: the client then
+//! closes, as a checkout page does) is a *duplicate*.
 //!
 //! HTTP/1.1 is written and read by hand over tokio TCP (identity, chunked or
 //! close-delimited bodies): the tool should cost as little CPU and memory as
@@ -460,7 +461,11 @@ impl SseParser {
     }
 }
 
-/// One stream: subscribe, wait for the outcome, count events until the end.
+/// One stream: subscribe, wait for the outcome, then close the connection,
+/// as a checkout page does (`EventSource.close()` on the outcome): paypush
+/// ends its streams after the outcome and nchan does not, so closing on the
+/// client side makes both servers pay the same teardown. Events in the same
+/// read as the outcome still count (a duplicate sent with it is seen).
 async fn run_stream(
     shared: Arc<Shared>,
     target: Arc<Target>,
@@ -529,7 +534,7 @@ async fn run_stream(
             SseEvent::Other => {}
         });
         decoded.clear();
-        if ended {
+        if ended || slot.outcomes.load(Ordering::Relaxed) > 0 {
             break;
         }
         input.resize(READ_CHUNK, 0);
