@@ -765,6 +765,30 @@ fn read_memory(pids: &[u32]) -> Option<Memory> {
     Some(total)
 }
 
+/// CPU time the server processes have used so far, in nanoseconds: the sum
+/// over every thread of `/proc/PID/task/TID/schedstat`'s first field.
+fn read_cpu_ns(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    let mut total = 0;
+    for pid in pids {
+        // A thread that ends between the listing and the read is skipped.
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+        {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            let ns = stat
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok());
+            total += ns.unwrap_or(0);
+        }
+    }
+    Some(total)
+}
+
 /// Opens one stream for a payment nobody else uses and says whether the
 /// server sends `event: pending` on it.
 async fn probe_ready_mode(subscribe: &Target, id: u64) -> Result<Ready, String> {
@@ -875,6 +899,9 @@ struct Report {
     callbacks_rejected: usize,
     callbacks_failed: usize,
     callback_seconds: f64,
+    /// Server CPU time (all threads) from the first callback to the last
+    /// outcome, per answered callback, in microseconds.
+    server_cpu_us_per_callback: Option<f64>,
     callbacks_per_second: f64,
     rate_requested: f64,
     connections: usize,
@@ -975,6 +1002,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let memory_after = read_memory(&args.server_pid);
     let held = count_state(&shared, state::READY);
+    let cpu_before = read_cpu_ns(&args.server_pid);
 
     // Fire the callbacks.
     let plan = Arc::new(Plan {
@@ -1015,6 +1043,9 @@ async fn run(args: Args) -> Result<(), String> {
     {
         sleep(POLL_INTERVAL).await;
     }
+    let cpu_ns = cpu_before
+        .zip(read_cpu_ns(&args.server_pid))
+        .map(|(before, after)| after.saturating_sub(before));
     let report = report(
         &args,
         &shared,
@@ -1025,6 +1056,7 @@ async fn run(args: Args) -> Result<(), String> {
         open_seconds,
         memory_before,
         memory_after,
+        cpu_ns,
     );
     print_table(&report);
     println!(
@@ -1053,6 +1085,7 @@ fn report(
     open_seconds: f64,
     memory_before: Option<Memory>,
     memory_after: Option<Memory>,
+    cpu_ns: Option<u64>,
 ) -> Report {
     let per_stream = |f: fn(&Memory) -> u64| match (memory_before, memory_after) {
         (Some(before), Some(after)) if held > 0 => {
@@ -1131,6 +1164,9 @@ fn report(
         callbacks_rejected: rejected,
         callbacks_failed: failed,
         callback_seconds,
+        server_cpu_us_per_callback: cpu_ns
+            .filter(|_| ok + rejected > 0)
+            .map(|ns| ns as f64 / 1e3 / (ok + rejected) as f64),
         callbacks_per_second: if callback_seconds > 0.0 {
             (ok + rejected) as f64 / callback_seconds
         } else {
@@ -1207,6 +1243,9 @@ fn print_table(r: &Report) {
                 r.pss_per_stream_kib.unwrap_or(0.0)
             ),
         ));
+    }
+    if let Some(cpu) = r.server_cpu_us_per_callback {
+        rows.push(("server CPU per callback".into(), format!("{cpu:.1} µs")));
     }
     if r.callbacks_planned > 0 {
         rows.push((
