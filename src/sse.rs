@@ -2,10 +2,9 @@
 //! `retry:` + `event: pending`, keep-alive comments, then exactly one of the
 //! outcome (unnamed, with `id:`), `event: timeout`, or a bare end on shutdown.
 
+use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::error::Error as StdError;
 
 use futures_util::{future, stream, Stream, StreamExt, TryStream};
 use warp::sse::Event;
