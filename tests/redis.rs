@@ -105,6 +105,24 @@ impl RedisServer {
     }
 }
 
+/// A redis-server of the test's own and `N` paypush instances on it, each
+/// ready; `None` (after saying why) when the test is to skip.
+async fn cluster<const N: usize>(
+    test: &str,
+    flags: &[&str],
+) -> Option<(RedisServer, [TestApp; N])> {
+    if !have("redis-server", "redis-server", test) {
+        return None;
+    }
+    let redis = RedisServer::start().await;
+    let mut instances = Vec::with_capacity(N);
+    for _ in 0..N {
+        instances.push(instance(&redis.url(), flags).await);
+    }
+    let instances = instances.try_into().ok().expect("N instances");
+    Some((redis, instances))
+}
+
 /// A paypush instance on `redis_url`, ready (subscribed) before it is used.
 async fn instance(redis_url: &str, flags: &[&str]) -> TestApp {
     let mut all = vec!["--redis-url", redis_url];
@@ -131,16 +149,11 @@ async fn wait_until_ready(app: &TestApp, status: u16) {
 
 #[tokio::test]
 async fn callback_on_one_instance_reaches_a_stream_on_another() {
-    if !have(
-        "redis-server",
-        "redis-server",
-        "callback_on_one_instance_reaches_a_stream_on_another",
-    ) {
+    let Some((_redis, [a, b])) =
+        cluster("callback_on_one_instance_reaches_a_stream_on_another", &[]).await
+    else {
         return;
-    }
-    let redis = RedisServer::start().await;
-    let a = instance(&redis.url(), &[]).await;
-    let b = instance(&redis.url(), &[]).await;
+    };
     let mut stream = b.push_pending("1").await;
 
     let answer = a.callback("1", Some("FAILED")).await;
@@ -158,16 +171,14 @@ async fn callback_on_one_instance_reaches_a_stream_on_another() {
 
 #[tokio::test]
 async fn late_subscriber_on_another_instance_gets_the_outcome_at_once() {
-    if !have(
-        "redis-server",
-        "redis-server",
+    let Some((_redis, [a, b])) = cluster(
         "late_subscriber_on_another_instance_gets_the_outcome_at_once",
-    ) {
+        &[],
+    )
+    .await
+    else {
         return;
-    }
-    let redis = RedisServer::start().await;
-    let a = instance(&redis.url(), &[]).await;
-    let b = instance(&redis.url(), &[]).await;
+    };
     a.callback("2", Some("CLOSED")).await;
 
     let mut late = b.push("2").await;
@@ -189,16 +200,14 @@ async fn late_subscriber_on_another_instance_gets_the_outcome_at_once() {
 
 #[tokio::test]
 async fn duplicates_and_conflicts_are_decided_once_across_instances() {
-    if !have(
-        "redis-server",
-        "redis-server",
+    let Some((_redis, [a, b])) = cluster(
         "duplicates_and_conflicts_are_decided_once_across_instances",
-    ) {
+        &[],
+    )
+    .await
+    else {
         return;
-    }
-    let redis = RedisServer::start().await;
-    let a = instance(&redis.url(), &[]).await;
-    let b = instance(&redis.url(), &[]).await;
+    };
     let first: Value = a.callback("3", None).await.json().await.unwrap();
     assert_eq!(first["duplicate"], false);
 
@@ -216,19 +225,11 @@ async fn duplicates_and_conflicts_are_decided_once_across_instances() {
 
 #[tokio::test]
 async fn a_thousand_payments_over_three_instances_each_get_their_outcome_once() {
-    if !have(
-        "redis-server",
-        "redis-server",
-        "a_thousand_payments_over_three_instances",
-    ) {
+    let Some((_redis, instances)) =
+        cluster::<3>("a_thousand_payments_over_three_instances", &[]).await
+    else {
         return;
-    }
-    let redis = RedisServer::start().await;
-    let instances = [
-        instance(&redis.url(), &[]).await,
-        instance(&redis.url(), &[]).await,
-        instance(&redis.url(), &[]).await,
-    ];
+    };
     const PAYMENTS: usize = 1000;
     let mut streams = Vec::new();
     for batch in (0..PAYMENTS).collect::<Vec<_>>().chunks(100) {
@@ -274,16 +275,11 @@ async fn a_thousand_payments_over_three_instances_each_get_their_outcome_once() 
 
 #[tokio::test]
 async fn redis_outage_gives_503_keeps_streams_and_recovers() {
-    if !have(
-        "redis-server",
-        "redis-server",
-        "redis_outage_gives_503_keeps_streams_and_recovers",
-    ) {
+    let Some((mut redis, [a, b])) =
+        cluster("redis_outage_gives_503_keeps_streams_and_recovers", &[]).await
+    else {
         return;
-    }
-    let mut redis = RedisServer::start().await;
-    let a = instance(&redis.url(), &[]).await;
-    let b = instance(&redis.url(), &[]).await;
+    };
     let mut before = b.push_pending("4").await;
 
     redis.stop().await;
@@ -382,17 +378,12 @@ async fn callback_during_a_subscriber_drop_is_still_delivered() {
 
 #[tokio::test]
 async fn replayed_nonce_is_caught_on_another_instance() {
-    if !have(
-        "redis-server",
-        "redis-server",
-        "replayed_nonce_is_caught_on_another_instance",
-    ) {
-        return;
-    }
-    let redis = RedisServer::start().await;
     let secret = ["--callback-secret", "shared-secret"];
-    let a = instance(&redis.url(), &secret).await;
-    let b = instance(&redis.url(), &secret).await;
+    let Some((_redis, [a, b])) =
+        cluster("replayed_nonce_is_caught_on_another_instance", &secret).await
+    else {
+        return;
+    };
     let path = "/pay-callback?payRecordId=7";
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
         .args(["sign", "--secret", "shared-secret", "--path", path])
