@@ -151,9 +151,11 @@ async fn subscribe(app: &App, id: PayRecordId) -> Result<Subscription, Subscribe
     }
 }
 
-/// A backplane failure: the client should retry.
+/// A backplane failure: the client should retry. The refusal itself is
+/// logged once, as a warning, by the rejection handler; the subscriber logs
+/// the outage once; the cause of each refusal is detail.
 fn unavailable(e: Unavailable) -> ApiError {
-    log::warn!("Redis unavailable: {}", e.0);
+    log::debug!("Redis unavailable: {}", e.0);
     ApiError::Unavailable("the outcome store (Redis) cannot be reached")
 }
 
