@@ -11,12 +11,12 @@ use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Rejection;
 
+use crate::app::App;
 use crate::backplane::Unavailable;
 use crate::error::ApiError;
 use crate::hub::{Completion, NonceCheck, SubscribeError, Subscription};
 use crate::metrics::CallbackResult;
 use crate::model::{single, Callback, CallbackJson, Outcome, PayRecordId};
-use crate::server::App;
 use crate::signature::{self, SignatureError, SignatureHeaders, SignedParts};
 use crate::sse;
 

@@ -19,10 +19,12 @@
 //! - [`qr`]: the demo page's payment QR code (SVG).
 //! - [`error`]: the API's errors and the one rejection-to-JSON mapping.
 //! - [`metrics`]: Prometheus counters and the `/metrics` text.
-//! - [`server`]: the shared [`server::App`] and the HTTP loop with graceful shutdown.
+//! - [`app`]: the shared [`app::App`]: hub, backplane, metrics, configuration.
+//! - [`server`]: the HTTP loop with graceful shutdown.
 //! - [`shutdown`]: waits for SIGINT or SIGTERM.
 //! - [`signature`]: callback HMAC signatures, subscribe tokens, the redacting `Secret`.
 
+pub mod app;
 pub mod backplane;
 pub mod config;
 pub mod error;

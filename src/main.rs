@@ -7,8 +7,9 @@ use std::time::SystemTime;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use paypush::app::App;
 use paypush::config::{Cli, Command, Config};
-use paypush::server::{self, App};
+use paypush::server;
 use paypush::signature::{self, SignedParts};
 use tokio::net::{TcpListener, TcpSocket};
 

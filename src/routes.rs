@@ -16,10 +16,10 @@ use warp::path::FullPath;
 use warp::reply::Response;
 use warp::{Buf, Filter, Rejection};
 
+use crate::app::App;
 use crate::error::{handle_rejection, ApiError};
 use crate::handlers::{self, CallbackRequest};
 use crate::qr;
-use crate::server::App;
 
 /// The largest callback body accepted, declared or chunked.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;

@@ -6,8 +6,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use clap::Parser;
+use paypush::app::App;
 use paypush::config::Cli;
-use paypush::server::{self, App};
+use paypush::server;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
