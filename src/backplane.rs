@@ -199,6 +199,22 @@ impl Backplane {
         })
     }
 
+    /// The outcome recorded for `id`, here or (Redis mode) anywhere, without
+    /// registering a waiter: for answers given at once.
+    pub async fn lookup(
+        &self,
+        hub: &Hub,
+        id: PayRecordId,
+    ) -> Result<Option<Arc<Outcome>>, Unavailable> {
+        if let Some(outcome) = hub.recorded(id) {
+            return Ok(Some(outcome));
+        }
+        let Backplane::Redis(redis) = self else {
+            return Ok(None);
+        };
+        Ok(redis.recorded(id).await?.map(Arc::new))
+    }
+
     /// Remembers a signed callback's nonce, cluster-wide in Redis mode.
     pub async fn remember_nonce(&self, hub: &Hub, nonce: &str) -> Result<NonceCheck, Unavailable> {
         let Backplane::Redis(redis) = self else {

@@ -30,6 +30,9 @@ pub enum ApiError {
     InvalidSignature(SignatureError),
     /// A subscribe token is required and missing or wrong.
     InvalidToken,
+    /// A WebSocket request from a page of neither this server's origin nor
+    /// an `--allow-origin` one (cross-site WebSocket hijacking).
+    ForbiddenOrigin,
     /// A query string or header that cannot be read.
     InvalidRequest(&'static str),
     /// Not ready to accept callbacks (Redis mode: Redis unreachable).
@@ -46,8 +49,9 @@ pub enum ApiError {
     ShuttingDown,
     /// No route has this path.
     NotFound,
-    /// The route exists, the method does not.
-    MethodNotAllowed,
+    /// The route exists, the method does not; the route's methods, for the
+    /// `Allow` header (e.g. `GET, POST`).
+    MethodNotAllowed(&'static str),
     /// The body is over the limit.
     PayloadTooLarge,
     /// The body is neither form-encoded nor JSON.
@@ -75,13 +79,13 @@ impl ApiError {
             | ApiError::InvalidBody(_)
             | ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
-            ApiError::InvalidToken => StatusCode::FORBIDDEN,
+            ApiError::InvalidToken | ApiError::ForbiddenOrigin => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::OutcomeConflict(_) => StatusCode::CONFLICT,
             ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::OverCapacity | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -96,6 +100,7 @@ impl ApiError {
             ApiError::InvalidBody(_) => "invalid_body",
             ApiError::InvalidSignature(_) => "invalid_signature",
             ApiError::InvalidToken => "invalid_token",
+            ApiError::ForbiddenOrigin => "forbidden_origin",
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::NotReady => "not_ready",
@@ -104,7 +109,7 @@ impl ApiError {
             ApiError::OverCapacity => "over_capacity",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Internal => "internal_error",
@@ -125,6 +130,9 @@ impl ApiError {
             ApiError::InvalidToken => {
                 "A valid subscribe token for this payment is required (token=...).".into()
             }
+            ApiError::ForbiddenOrigin => {
+                "This origin may not open a WebSocket here (see --allow-origin).".into()
+            }
             ApiError::InvalidRequest(why) => format!("The request cannot be read: {why}."),
             ApiError::Unavailable(why) => format!("Unavailable: {why}; retry later."),
             ApiError::NotReady => "Not ready: the outcome store (Redis) cannot be reached.".into(),
@@ -138,7 +146,9 @@ impl ApiError {
             ApiError::OverCapacity => "The server holds as many streams as it can; retry later.".into(),
             ApiError::ShuttingDown => "The server is shutting down; retry on another instance.".into(),
             ApiError::NotFound => "No such route.".into(),
-            ApiError::MethodNotAllowed => "This route does not accept that HTTP method.".into(),
+            ApiError::MethodNotAllowed(allow) => {
+                format!("This route does not accept that HTTP method; it accepts {allow}.")
+            }
             ApiError::PayloadTooLarge => "The request body is over 16 KiB.".into(),
             ApiError::UnsupportedMediaType => {
                 "Send the callback as application/x-www-form-urlencoded or application/json.".into()
@@ -176,6 +186,11 @@ impl Reply for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let ApiError::MethodNotAllowed(allow) = self {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
         response
     }
 }
@@ -187,7 +202,10 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallib
     } else if rejection.is_not_found() {
         ApiError::NotFound
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::MethodNotAllowed
+        // Every route checks its method with `routes::methods`, which names
+        // them; warp's own rejection would be a route that forgot to.
+        log::error!("405 without the route's methods: {rejection:?}");
+        ApiError::MethodNotAllowed("GET")
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::PayloadTooLarge
     } else if rejection

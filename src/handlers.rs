@@ -14,7 +14,7 @@ use warp::Rejection;
 use crate::app::App;
 use crate::backplane::Unavailable;
 use crate::error::ApiError;
-use crate::hub::{Completion, NonceCheck, SubscribeError, Subscription};
+use crate::hub::{Completion, NonceCheck, SubscribeError, Subscription, Transport};
 use crate::metrics::CallbackResult;
 use crate::model::{single, Callback, CallbackJson, Outcome, PayRecordId};
 use crate::signature::{self, SignatureError, SignatureHeaders, SignedParts};
@@ -30,14 +30,8 @@ pub async fn push(
     last_event_id: Option<String>,
     app: App,
 ) -> Result<Response, Rejection> {
-    let id = PayRecordId::from_pairs(&query).map_err(|_| ApiError::InvalidPayRecordId)?;
-    if let Some(secret) = &app.config.subscribe_secret {
-        let token = single(&query, "token").ok().flatten().unwrap_or_default();
-        if !signature::verify_token(secret, id, token) {
-            return Err(ApiError::InvalidToken.into());
-        }
-    }
-    let mut response = match subscribe(&app, id).await {
+    let id = authorize(&app, &query)?;
+    let mut response = match subscribe(&app, id, Transport::Sse).await {
         Ok(Subscription::Recorded(outcome))
             if last_event_id.as_deref() == Some(&outcome.event_id()) =>
         {
@@ -130,22 +124,43 @@ impl CallbackRequest {
     }
 }
 
-/// Registers a stream locally, then (Redis mode) reads the outcome recorded
+/// The payment a subscribe request (`/push`, `/status`, `/ws`) names, once
+/// its `payRecordId` is valid and, with a subscribe secret, its token right.
+pub(crate) fn authorize(app: &App, query: &[(String, String)]) -> Result<PayRecordId, ApiError> {
+    let id = PayRecordId::from_pairs(query).map_err(|_| ApiError::InvalidPayRecordId)?;
+    if let Some(secret) = &app.config.subscribe_secret {
+        let token = single(query, "token").ok().flatten().unwrap_or_default();
+        if !signature::verify_token(secret, id, token) {
+            return Err(ApiError::InvalidToken);
+        }
+    }
+    Ok(id)
+}
+
+/// Registers a waiter locally, then (Redis mode) reads the outcome recorded
 /// elsewhere, so no callback slips between the two. If Redis cannot be read,
-/// the stream waits: the subscriber catches up when Redis is back.
-async fn subscribe(app: &App, id: PayRecordId) -> Result<Subscription, SubscribeError> {
-    let subscription = app.hub.subscribe(id)?;
+/// the waiter waits: the subscriber catches up when Redis is back.
+pub(crate) async fn subscribe(
+    app: &App,
+    id: PayRecordId,
+    transport: Transport,
+) -> Result<Subscription, SubscribeError> {
+    let subscription = app.hub.subscribe_via(id, transport)?;
     let Subscription::Waiting(waiting) = subscription else {
         return Ok(subscription);
     };
     match app.backplane.catch_up(&app.hub, id).await {
         Ok(true) => {
             drop(waiting);
-            app.hub.subscribe(id)
+            app.hub.subscribe_via(id, transport)
         }
         Ok(false) => Ok(Subscription::Waiting(waiting)),
         Err(e) => {
-            log::debug!("push {id}: cannot read Redis ({}); waiting", e.0);
+            log::debug!(
+                "{} {id}: cannot read Redis ({}); waiting",
+                transport.label(),
+                e.0
+            );
             Ok(Subscription::Waiting(waiting))
         }
     }
@@ -154,7 +169,7 @@ async fn subscribe(app: &App, id: PayRecordId) -> Result<Subscription, Subscribe
 /// A backplane failure: the client should retry. The refusal itself is
 /// logged once, as a warning, by the rejection handler; the subscriber logs
 /// the outage once; the cause of each refusal is detail.
-fn unavailable(e: Unavailable) -> ApiError {
+pub(crate) fn unavailable(e: Unavailable) -> ApiError {
     log::debug!("Redis unavailable: {}", e.0);
     ApiError::Unavailable("the outcome store (Redis) cannot be reached")
 }

@@ -65,6 +65,8 @@ struct State {
     recorded_outcomes: usize,
     /// Waiting streams alive now, across all payments.
     open_streams: usize,
+    /// The same, by transport (indexed by [`Transport`]).
+    open_by_transport: [usize; Transport::COUNT],
     /// Tells a stream's own sender apart from the other streams of its payment.
     next_waiter: u64,
     /// Set once; after it, nothing new waits and the purge task stops.
@@ -122,6 +124,36 @@ pub struct Waiting {
     hub: Hub,
     pay_record_id: PayRecordId,
     waiter: u64,
+    transport: Transport,
+}
+
+/// How a waiter waits: the wire format it turns its [`Waiting`] into. The
+/// hub treats them all alike (same limits, same shutdown) and only counts
+/// them apart, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// `GET /push`, Server-Sent Events.
+    Sse,
+    /// `GET /status?wait=S`, a long-poll.
+    Poll,
+    /// `GET /ws`, a WebSocket.
+    Ws,
+}
+
+impl Transport {
+    /// How many transports there are.
+    pub const COUNT: usize = 3;
+    /// Every transport, in the order of the enum.
+    pub const ALL: [Transport; Transport::COUNT] = [Transport::Sse, Transport::Poll, Transport::Ws];
+
+    /// The `transport` label of the metrics: `sse`, `poll` or `ws`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Poll => "poll",
+            Transport::Ws => "ws",
+        }
+    }
 }
 
 /// Why a stream was refused.
@@ -169,8 +201,10 @@ pub const MAX_NONCES: usize = 1_000_000;
 /// A snapshot of the hub's size, for `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stats {
-    /// Waiting streams alive now.
+    /// Waiting streams alive now (every transport).
     pub open_streams: usize,
+    /// Waiters alive now, by transport (indexed by [`Transport`]).
+    pub open_by_transport: [usize; Transport::COUNT],
     /// Payments with at least one waiting stream.
     pub waiting_payments: usize,
     /// Outcomes remembered now.
@@ -197,8 +231,18 @@ impl Hub {
         self.shared.limits
     }
 
-    /// Registers a stream for `id`, or returns its recorded outcome.
+    /// Registers an SSE stream for `id`, or returns its recorded outcome.
     pub fn subscribe(&self, id: PayRecordId) -> Result<Subscription, SubscribeError> {
+        self.subscribe_via(id, Transport::Sse)
+    }
+
+    /// Registers a waiter of this transport for `id`, or returns its recorded
+    /// outcome. Every transport shares the same limits.
+    pub fn subscribe_via(
+        &self,
+        id: PayRecordId,
+        transport: Transport,
+    ) -> Result<Subscription, SubscribeError> {
         let limits = self.shared.limits;
         let mut state = self.lock();
         if state.shutdown {
@@ -219,6 +263,7 @@ impl Hub {
         let waiter = state.next_waiter;
         state.next_waiter += 1;
         state.open_streams += 1;
+        state.open_by_transport[transport as usize] += 1;
         let (sender, receiver) = oneshot::channel();
         if let Entry::Waiting(waiters) = state
             .payments
@@ -232,7 +277,17 @@ impl Hub {
             hub: self.clone(),
             pay_record_id: id,
             waiter,
+            transport,
         }))
+    }
+
+    /// The outcome recorded here for `id`, if any, without registering
+    /// anything (so without counting against any limit).
+    pub fn recorded(&self, id: PayRecordId) -> Option<Arc<Outcome>> {
+        match self.lock().payments.get(&id) {
+            Some(Entry::Done { outcome, .. }) => Some(outcome.clone()),
+            _ => None,
+        }
     }
 
     /// Records `outcome` unless its payment has one, then sends it to every
@@ -371,6 +426,7 @@ impl Hub {
         let state = self.lock();
         Stats {
             open_streams: state.open_streams,
+            open_by_transport: state.open_by_transport,
             waiting_payments: state.payments.len().saturating_sub(state.recorded_outcomes),
             recorded_outcomes: state.recorded_outcomes,
         }
@@ -386,9 +442,10 @@ impl Hub {
     }
 
     /// Forgets one stream: called when its [`Waiting`] is dropped.
-    fn forget(&self, id: PayRecordId, waiter: u64) {
+    fn forget(&self, id: PayRecordId, waiter: u64, transport: Transport) {
         let mut state = self.lock();
         state.open_streams -= 1;
+        state.open_by_transport[transport as usize] -= 1;
         if let Some(Entry::Waiting(waiters)) = state.payments.get_mut(&id) {
             waiters.retain(|w| w.id != waiter);
             if waiters.is_empty() {
@@ -433,11 +490,17 @@ impl Waiting {
     pub fn pay_record_id(&self) -> PayRecordId {
         self.pay_record_id
     }
+
+    /// How this waiter waits.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.hub.forget(self.pay_record_id, self.waiter);
+        self.hub
+            .forget(self.pay_record_id, self.waiter, self.transport);
     }
 }
 

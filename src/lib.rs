@@ -12,10 +12,12 @@
 //!   they reach other instances.
 //! - [`config`]: flags and environment variables (clap).
 //! - [`model`]: `PayRecordId`, `Status`, `Outcome`, `Callback`: parsed once at the edge.
-//! - [`hub`]: the registry of waiting streams (oneshot senders) and remembered
+//! - [`hub`]: the registry of waiters of every transport (oneshot senders) and remembered
 //!   outcomes with their TTL; the only place that locks.
 //! - [`routes`]: warp filters, one per route; [`handlers`]: what they call.
-//! - [`sse`]: a subscription turned into its event stream.
+//! - [`sse`], [`poll`], [`ws`]: the transports, siblings: each turns the
+//!   hub's one waiter handle into its wire format (an event stream, one
+//!   long-poll JSON answer, WebSocket frames).
 //! - [`qr`]: the demo page's payment QR code (SVG).
 //! - [`error`]: the API's errors and the one rejection-to-JSON mapping.
 //! - [`metrics`]: Prometheus counters and the `/metrics` text.
@@ -32,9 +34,11 @@ pub mod handlers;
 pub mod hub;
 pub mod metrics;
 pub mod model;
+pub mod poll;
 pub mod qr;
 pub mod routes;
 pub mod server;
 pub mod shutdown;
 pub mod signature;
 pub mod sse;
+pub mod ws;

@@ -3,7 +3,8 @@
 //! [`crate::handlers`].
 //!
 //! Every route matches its path before its method, so an unknown path is a
-//! `404` and a known path with the wrong method a `405`.
+//! `404` and a known path with the wrong method a `405` whose `Allow`
+//! header lists the route's methods ([`methods`]).
 
 use std::convert::Infallible;
 use std::pin::pin;
@@ -19,7 +20,7 @@ use warp::{Buf, Filter, Rejection};
 use crate::app::App;
 use crate::error::{handle_rejection, ApiError};
 use crate::handlers::{self, CallbackRequest};
-use crate::qr;
+use crate::{poll, qr, ws};
 
 /// The largest callback body accepted, declared or chunked.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -27,6 +28,10 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Every route, with errors mapped to JSON.
 pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     push(app.clone())
+        .or(status(app.clone()))
+        .unify()
+        .or(websocket(app.clone()))
+        .unify()
         .or(callback(app.clone()))
         .unify()
         .or(healthz())
@@ -46,18 +51,43 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
 /// GET /push?payRecordId=123
 pub fn push(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("push")
-        .and(warp::get())
+        .and(methods(&[Method::GET], "GET"))
         .and(query_pairs())
         .and(warp::header::optional::<String>("last-event-id"))
         .and(with_app(app))
         .and_then(handlers::push)
 }
 
+/// GET /status?payRecordId=123&wait=25
+pub fn status(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("status")
+        .and(methods(&[Method::GET], "GET"))
+        .and(query_pairs())
+        .and(with_app(app))
+        .and_then(poll::status)
+}
+
+/// GET /ws?payRecordId=123 (WebSocket)
+pub fn websocket(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("ws")
+        .and(methods(&[Method::GET], "GET"))
+        .and(query_pairs())
+        .and(warp::header::optional::<String>("origin"))
+        .and(warp::header::optional::<String>("host"))
+        .and(
+            // Not an upgrade: the handler refuses it as JSON, after the
+            // id and token checks, like every other refusal.
+            warp::ws().map(Some).or(warp::any().map(|| None)).unify(),
+        )
+        .and(with_app(app))
+        .and_then(ws::upgrade)
+}
+
 /// GET /pay-callback?payRecordId=123&status=SUCCESS
 /// POST /pay-callback (form-encoded or JSON body)
 pub fn callback(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("pay-callback")
-        .and(warp::get().or(warp::post()).unify())
+        .and(methods(&[Method::GET, Method::POST], "GET, POST"))
         .and(warp::method())
         .and(path_and_query())
         .and(warp::header::headers_cloned())
@@ -83,14 +113,14 @@ pub fn callback(app: App) -> impl Filter<Extract = (Response,), Error = Rejectio
 /// GET /healthz
 pub fn healthz() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("healthz")
-        .and(warp::get())
+        .and(methods(&[Method::GET], "GET"))
         .and_then(handlers::healthz)
 }
 
 /// GET /readyz
 pub fn readyz(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("readyz")
-        .and(warp::get())
+        .and(methods(&[Method::GET], "GET"))
         .and(with_app(app))
         .and_then(handlers::readyz)
 }
@@ -98,7 +128,7 @@ pub fn readyz(app: App) -> impl Filter<Extract = (Response,), Error = Rejection>
 /// GET /metrics
 pub fn metrics(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("metrics")
-        .and(warp::get())
+        .and(methods(&[Method::GET], "GET"))
         .and(with_app(app))
         .and_then(handlers::metrics)
 }
@@ -106,7 +136,7 @@ pub fn metrics(app: App) -> impl Filter<Extract = (Response,), Error = Rejection
 /// GET /qr.svg?payRecordId=123: the demo page's payment QR code
 pub fn qr_svg() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("qr.svg")
-        .and(warp::get())
+        .and(methods(&[Method::GET], "GET"))
         .and(query_pairs())
         .and(warp::host::optional())
         .and_then(qr::qr_svg)
@@ -119,8 +149,25 @@ pub fn static_files(app: App) -> impl Filter<Extract = (Response,), Error = Reje
         .and_then(|tail: warp::path::Tail, app: App| async move {
             handlers::find_static_file(&app, tail.as_str()).await
         })
-        .and(warp::get().or(warp::head()).unify())
+        .and(methods(&[Method::GET, Method::HEAD], "GET, HEAD"))
         .map(handlers::static_file)
+}
+
+/// Passes a request whose method is one of `allowed`; refuses any other with
+/// a `405` whose `Allow` header is `allow` (RFC 9110), e.g. `"GET, POST"`.
+fn methods(
+    allowed: &'static [Method],
+    allow: &'static str,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::method()
+        .and_then(move |method: Method| async move {
+            if allowed.contains(&method) {
+                Ok(())
+            } else {
+                Err(warp::reject::custom(ApiError::MethodNotAllowed(allow)))
+            }
+        })
+        .untuple_one()
 }
 
 fn with_app(app: App) -> impl Filter<Extract = (App,), Error = Infallible> + Clone {

@@ -4,20 +4,30 @@
 //! `warp::service(routes)` with hyper's HTTP/1 connection builder: that is
 //! where the request-header limit lives. [`run`] takes an already-bound
 //! listener, so tests bind port 0 and the binary stays thin.
+//!
+//! Connections may upgrade to WebSockets (`/ws`), and hyper-util's
+//! `GracefulShutdown` cannot watch upgradeable connections, so [`Graceful`]
+//! does its one job here: start each connection's graceful shutdown when
+//! the server stops. An upgraded socket leaves hyper; it ends itself when
+//! the hub shuts down, and [`run`] waits for the hub to have no waiter left.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use warp::http::{header, HeaderName, HeaderValue, Method};
 
 use crate::app::App;
+use crate::hub::Hub;
 use crate::routes;
 
 /// Request line and headers above this size get `431`: hyper reads at most
@@ -29,6 +39,34 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after an accept error such as running out of file descriptors.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// How often shutdown looks whether every waiter (WebSockets) has ended.
+const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(10);
+
+pin_project_lite::pin_project! {
+    /// A connection that starts its graceful shutdown (finish the request in
+    /// flight, then close) once `cancel` fires.
+    struct Graceful<C> {
+        #[pin]
+        connection: C,
+        #[pin]
+        cancel: WaitForCancellationFutureOwned,
+        shutdown: fn(Pin<&mut C>),
+        shutting_down: bool,
+    }
+}
+
+impl<C: Future> Future for Graceful<C> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let mut this = self.project();
+        if !*this.shutting_down && this.cancel.poll(cx).is_ready() {
+            *this.shutting_down = true;
+            (this.shutdown)(this.connection.as_mut());
+        }
+        this.connection.poll(cx)
+    }
+}
 
 /// How long browsers may cache a CORS preflight answer.
 const CORS_MAX_AGE: Duration = Duration::from_secs(600);
@@ -75,7 +113,8 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
         .service(warp::service(warp::Filter::boxed(routes::routes(
             app.clone(),
         ))));
-    let graceful = GracefulShutdown::new();
+    let cancel = CancellationToken::new();
+    let connections = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.max_buf_size(MAX_HEADER_BYTES)
         // One flat write buffer per connection: SSE events are a few hundred
@@ -100,15 +139,21 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("cannot set TCP_NODELAY for {peer}: {e}");
         }
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(service.clone()),
-        );
-        let connection = graceful.watch(connection);
+        let connection = Graceful {
+            connection: http
+                .serve_connection(
+                    TokioIo::new(stream),
+                    TowerToHyperService::new(service.clone()),
+                )
+                .with_upgrades(),
+            cancel: cancel.clone().cancelled_owned(),
+            shutdown: |connection| connection.graceful_shutdown(),
+            shutting_down: false,
+        };
         // `map`, not `async move { connection.await }`: such a block keeps
         // both the captured connection and the awaited one in its layout,
         // doubling every connection's task (2.8 KB instead of 1.4 KB).
-        tokio::spawn(connection.map(move |result| {
+        connections.spawn(connection.map(move |result| {
             if let Err(e) = result {
                 log::debug!("connection from {peer} ended: {e}");
             }
@@ -117,10 +162,21 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
     drop(listener);
     log::info!("shutting down: ending open streams");
     app.hub.shutdown();
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    cancel.cancel();
+    connections.close();
+    let drained = async {
+        connections.wait().await;
+        no_waiters_left(&app.hub).await;
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
         log::warn!("some connections were still open after {SHUTDOWN_GRACE:?}");
+    }
+}
+
+/// Completes once the hub holds no waiter: every WebSocket has sent its
+/// close frame (a socket keeps its waiter until then).
+async fn no_waiters_left(hub: &Hub) {
+    while hub.stats().open_streams > 0 {
+        tokio::time::sleep(DRAIN_CHECK_INTERVAL).await;
     }
 }

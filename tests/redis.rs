@@ -265,7 +265,9 @@ async fn a_thousand_payments_over_three_instances_each_get_their_outcome_once() 
     assert_eq!(received.len(), PAYMENTS);
     let mut delivered = 0.0;
     for app in &instances {
-        delivered += app.metric("paypush_outcomes_delivered_total").await;
+        delivered += app
+            .metric("paypush_outcomes_delivered_total{transport=\"sse\"}")
+            .await;
     }
     assert_eq!(
         delivered, PAYMENTS as f64,
@@ -511,7 +513,10 @@ async fn two_instances_behind_nginx_deliver_across_and_unbuffered() {
     );
 
     // Round-robin sent the stream and the callback to different instances.
-    let stream_on_a = a.metric("paypush_outcomes_delivered_total").await == 1.0;
+    let stream_on_a = a
+        .metric("paypush_outcomes_delivered_total{transport=\"sse\"}")
+        .await
+        == 1.0;
     let callback_on_a = a
         .metric(r#"paypush_callbacks_total{result="recorded",status="SUCCESS"}"#)
         .await

@@ -37,7 +37,7 @@ async fn metrics_count_callbacks_and_deliveries_without_ids_in_labels() {
         "{text}"
     );
     assert!(
-        text.contains("paypush_outcomes_delivered_total 1"),
+        text.contains("paypush_outcomes_delivered_total{transport=\"sse\"} 1"),
         "{text}"
     );
     assert!(text.contains("paypush_delivery_seconds_count 1"), "{text}");

@@ -7,3 +7,5 @@ mod lifecycle;
 mod push;
 mod qr;
 mod security;
+mod status;
+mod ws;
