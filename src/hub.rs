@@ -611,6 +611,25 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn every_transport_counts_against_the_same_limits() {
+        let hub = hub(3, 2);
+        let _sse = waiting(hub.subscribe_via(id(1), Transport::Sse));
+        let _ws = waiting(hub.subscribe_via(id(1), Transport::Ws));
+        assert_eq!(
+            hub.subscribe_via(id(1), Transport::Poll).unwrap_err(),
+            SubscribeError::TooManyStreams
+        );
+        let poll = waiting(hub.subscribe_via(id(2), Transport::Poll));
+        assert_eq!(hub.stats().open_by_transport, [1, 1, 1]);
+        assert_eq!(
+            hub.subscribe_via(id(3), Transport::Ws).unwrap_err(),
+            SubscribeError::OverCapacity
+        );
+        drop(poll);
+        assert_eq!(hub.stats().open_by_transport, [1, 0, 1]);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn outcomes_expire_after_the_ttl() {
         let hub = hub(10, 10);

@@ -199,6 +199,70 @@ async fn late_subscriber_on_another_instance_gets_the_outcome_at_once() {
 }
 
 #[tokio::test]
+async fn long_poll_on_one_instance_is_woken_by_a_callback_on_another() {
+    let Some((_redis, [a, b])) = cluster(
+        "long_poll_on_one_instance_is_woken_by_a_callback_on_another",
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let url = b.url("/status?payRecordId=3&wait=25");
+    let client = b.client.clone();
+    let poll = tokio::spawn(async move {
+        let answer = client.get(url).send().await.unwrap();
+        answer.json::<Value>().await.unwrap()
+    });
+    b.wait_for_metric("paypush_waiters_open{transport=\"poll\"}", 1.0)
+        .await;
+
+    let answer: Value = a.callback("3", Some("FAILED")).await.json().await.unwrap();
+
+    let outcome = tokio::time::timeout(PATIENCE, poll)
+        .await
+        .expect("woken in time")
+        .unwrap();
+    assert_eq!(outcome["status"], "FAILED");
+    assert_eq!(outcome["completedAt"], answer["completedAt"]);
+}
+
+#[tokio::test]
+async fn status_on_another_instance_answers_the_recorded_outcome_at_once() {
+    let Some((_redis, [a, b])) = cluster(
+        "status_on_another_instance_answers_the_recorded_outcome_at_once",
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let answer: Value = a.callback("4", Some("CLOSED")).await.json().await.unwrap();
+    let (status, outcome) = b.status("?payRecordId=4").await;
+    assert_eq!(status, 200);
+    assert_eq!(outcome["status"], "CLOSED");
+    assert_eq!(outcome["completedAt"], answer["completedAt"]);
+}
+
+#[tokio::test]
+async fn websocket_on_one_instance_gets_a_callback_on_another() {
+    let Some((_redis, [a, b])) =
+        cluster("websocket_on_one_instance_gets_a_callback_on_another", &[]).await
+    else {
+        return;
+    };
+    let mut socket = b.ws_pending("5").await;
+    let answer: Value = a.callback("5", None).await.json().await.unwrap();
+    let outcome = helpers::next_json(&mut socket).await;
+    assert_eq!(outcome["status"], "SUCCESS");
+    assert_eq!(outcome["completedAt"], answer["completedAt"]);
+    assert_eq!(helpers::next_close(&mut socket).await.0, 1000);
+    // A late socket on A gets the recorded outcome at once.
+    let mut late = a.ws("/ws?payRecordId=5").await;
+    assert_eq!(helpers::next_json(&mut late).await, outcome);
+}
+
+#[tokio::test]
 async fn duplicates_and_conflicts_are_decided_once_across_instances() {
     let Some((_redis, [a, b])) = cluster(
         "duplicates_and_conflicts_are_decided_once_across_instances",

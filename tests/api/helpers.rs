@@ -315,11 +315,16 @@ fn parse_block(block: &str) -> SseEvent {
 pub struct Binary {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The process's working directory, fresh and removed after the test:
+    /// whatever it writes there (a data folder) stays out of the repository.
+    _dir: tempfile::TempDir,
 }
 
 /// Starts the built binary on a free port and waits for its start-up line.
 pub async fn spawn_binary(flags: &[&str]) -> Binary {
+    let dir = tempfile::tempdir().expect("a working directory");
     let mut child = Command::new(env!("CARGO_BIN_EXE_paypush"))
+        .current_dir(dir.path())
         .args(["--bind", "127.0.0.1:0"])
         .args(flags)
         .env("RUST_LOG", "info")
@@ -343,7 +348,11 @@ pub async fn spawn_binary(flags: &[&str]) -> Binary {
     .expect("paypush starts in time");
     // Keep draining its log so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Binary { child, addr }
+    Binary {
+        child,
+        addr,
+        _dir: dir,
+    }
 }
 
 /// The next message other than a ping or pong; `None` once the socket has
