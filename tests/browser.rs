@@ -224,6 +224,113 @@ async fn page_fits_a_phone_width_screen_without_sideways_scrolling() {
     .await;
 }
 
+#[tokio::test]
+async fn transport_long_poll_chosen_on_the_page_pays_through_the_form() {
+    with_page("transport_long_poll", |page| async move {
+        let app = spawn_app(&[]).await;
+        page.open(&app, "/").await;
+        page.wait_for("the pending event", |s| s.state == "waiting")
+            .await;
+        page.click(r#"label.choice[data-transport="poll"]"#).await;
+        let waiting = page
+            .wait_for("a long-poll", |s| {
+                s.transport == "poll" && s.state == "waiting" && s.log_mentions("wait=25")
+            })
+            .await;
+        assert!(
+            waiting.log_mentions("GET /status?payRecordId="),
+            "{waiting:?}"
+        );
+
+        page.send_callback("SUCCESS", 1).await;
+
+        let done = page.wait_for("the outcome", |s| s.state == "success").await;
+        assert_eq!(done.title, "支付成功");
+        assert_eq!(done.stream, "closed");
+        assert!(
+            done.log_mentions(r#"200 {"payRecordId""#),
+            "raw answer: {done:?}"
+        );
+        assert_eq!(
+            app.metric("paypush_outcomes_delivered_total{transport=\"poll\"}")
+                .await,
+            1.0
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn transport_websocket_chosen_on_the_page_pays_through_the_form() {
+    with_page("transport_websocket", |page| async move {
+        let app = spawn_app(&[]).await;
+        page.open(&app, "/").await;
+        page.wait_for("the pending event", |s| s.state == "waiting")
+            .await;
+        page.click(r#"label.choice[data-transport="ws"]"#).await;
+        page.wait_for("the PENDING frame", |s| {
+            s.transport == "ws" && s.state == "waiting" && s.log_mentions("new WebSocket(")
+        })
+        .await;
+
+        page.send_callback("FAILED", 1).await;
+
+        let done = page.wait_for("the outcome", |s| s.state == "failed").await;
+        assert_eq!(done.title, "支付失败");
+        assert_eq!(done.stream, "closed");
+        let closed = page
+            .wait_for("the close frame", |s| {
+                s.log_mentions("close frame 1000 outcome")
+            })
+            .await;
+        assert!(closed.log_mentions(r#""status":"FAILED""#), "{closed:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn transport_query_parameter_opens_the_page_on_that_transport() {
+    with_page("transport_query_parameter", |page| async move {
+        let app = spawn_app(&[]).await;
+        page.open(&app, "/?transport=ws").await;
+        let waiting = page
+            .wait_for("the PENDING frame", |s| s.state == "waiting")
+            .await;
+        assert_eq!(waiting.transport, "ws");
+        assert_eq!(waiting.checked_transport, "ws");
+        page.send_callback("CLOSED", 1).await;
+        page.wait_for("the outcome", |s| s.state == "closed").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn transport_falls_back_to_long_poll_without_event_source() {
+    with_page(
+        "transport_fallback_without_event_source",
+        |page| async move {
+            let app = spawn_app(&[]).await;
+            page.before_every_document("delete window.EventSource;")
+                .await;
+            page.open(&app, "/").await;
+            let waiting = page
+                .wait_for("the long-poll fallback", |s| s.state == "waiting")
+                .await;
+            assert_eq!(waiting.transport, "poll");
+            assert!(waiting.log_has("fallback"), "{waiting:?}");
+            assert!(!waiting.log_mentions("EventSource(\""), "{waiting:?}");
+            assert!(waiting.sse_disabled, "EventSource cannot be chosen");
+            assert!(waiting.fallback_note_shown);
+
+            page.send_callback("SUCCESS", 1).await;
+
+            let done = page.wait_for("the outcome", |s| s.state == "success").await;
+            assert_eq!(done.title, "支付成功");
+        },
+    )
+    .await;
+}
+
 // ---------------------------------------------------------------------------
 // The page, as the tests see it
 
@@ -245,6 +352,14 @@ struct PageState {
     answer_text: String,
     /// The event log, newest first.
     log: Vec<LogLine>,
+    /// `data-transport` of the status: sse, poll or ws.
+    transport: String,
+    /// The transport radio button checked.
+    checked_transport: String,
+    /// Whether the EventSource choice is disabled (no EventSource).
+    sse_disabled: bool,
+    /// Whether the "no EventSource, long-poll instead" note shows.
+    fallback_note_shown: bool,
 }
 
 /// One line of the page's event log.
@@ -271,6 +386,10 @@ return {
   answerText: q('#callback-json').textContent,
   log: Array.from(document.querySelectorAll('#event-log li'),
     (li) => ({ kind: li.dataset.kind, text: li.textContent })),
+  transport: q('#status').dataset.transport || '',
+  checkedTransport: (q('input[name="transport"]:checked') || {}).value || '',
+  sseDisabled: q('input[name="transport"][value="sse"]').disabled,
+  fallbackNoteShown: !q('#transport-note').hidden,
 };
 "#;
 
@@ -308,6 +427,20 @@ impl Page {
             .goto(&app.url(path))
             .await
             .expect("open the page");
+    }
+
+    /// Runs `script` at the start of every document this tab loads, before
+    /// the page's own scripts (Chrome DevTools `Page.addScriptToEvaluateOnNewDocument`
+    /// through chromedriver).
+    async fn before_every_document(&self, script: &str) {
+        let command = DevTools {
+            cmd: "Page.addScriptToEvaluateOnNewDocument",
+            params: json!({ "source": script }),
+        };
+        self.client
+            .issue_cmd(command)
+            .await
+            .expect("add a script to every new document");
     }
 
     async fn url(&self) -> String {
@@ -426,6 +559,30 @@ impl Page {
         if let Err(e) = self.client.set_window_size(width, fitted).await {
             eprintln!("cannot fit the window to the page: {e}");
         }
+    }
+}
+
+/// A Chrome DevTools command sent through chromedriver's
+/// `POST /session/{id}/goog/cdp/execute`.
+#[derive(Debug)]
+struct DevTools {
+    cmd: &'static str,
+    params: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for DevTools {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        let session = session_id.unwrap_or_default();
+        base_url.join(&format!("session/{session}/goog/cdp/execute"))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (warp::http::Method, Option<String>) {
+        let body = json!({ "cmd": self.cmd, "params": self.params });
+        (warp::http::Method::POST, Some(body.to_string()))
     }
 }
 
