@@ -72,13 +72,10 @@ pub fn websocket(app: App) -> impl Filter<Extract = (Response,), Error = Rejecti
     warp::path!("ws")
         .and(methods(&[Method::GET], "GET"))
         .and(query_pairs())
-        .and(warp::header::optional::<String>("origin"))
-        .and(warp::header::optional::<String>("host"))
-        .and(
-            // Not an upgrade: the handler refuses it as JSON, after the
-            // id and token checks, like every other refusal.
-            warp::ws().map(Some).or(warp::any().map(|| None)).unify(),
-        )
+        .and(warp::header::headers_cloned())
+        // Absent when the request is no upgrade: the handler refuses it as
+        // JSON, after the id and token checks, like every other refusal.
+        .and(warp::ext::optional::<ws::Upgrade>())
         .and(with_app(app))
         .and_then(ws::upgrade)
 }

@@ -28,7 +28,7 @@ use warp::http::{header, HeaderName, HeaderValue, Method};
 
 use crate::app::App;
 use crate::hub::Hub;
-use crate::routes;
+use crate::{routes, ws};
 
 /// Request line and headers above this size get `431`: hyper reads at most
 /// this much before the headers are complete.
@@ -106,6 +106,8 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
     let service = ServiceBuilder::new()
         .option_layer(cors(&app.config.allow_origin))
+        // Where `/ws` finds the connection's upgrade (see `ws::Upgrade`).
+        .map_request(ws::take_upgrade::<hyper::body::Incoming>)
         // Boxed: each connection and each request then clones one `Arc`
         // instead of the whole filter tree (an `App` per route), and a
         // request's filter future is freed once its response has started,
