@@ -6,11 +6,18 @@
 //! object. A waiting long-poll is the hub's one [`Waiting`] handle, like a
 //! stream: same limits, same wake-up by a callback on any instance, and on
 //! shutdown it answers `PENDING` at once (the hub drops its sender).
+//!
+//! A waiting long-poll's response head goes out at once and its JSON body
+//! (chunked) once known, as an SSE stream's events do: the request's routing
+//! state is then freed while it waits, which keeps a waiting long-poll
+//! cheaper than a waiting stream, and proxies see the answer start.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use warp::http::header::CACHE_CONTROL;
+use futures_util::stream;
+use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use warp::http::HeaderValue;
 use warp::reply::{Reply, Response};
 use warp::Rejection;
@@ -42,7 +49,9 @@ pub async fn status(query: Vec<(String, String)>, app: App) -> Result<Response, 
     } else {
         match subscribe(&app, id, Transport::Poll).await {
             Ok(Subscription::Recorded(outcome)) => Some(outcome),
-            Ok(Subscription::Waiting(waiting)) => long_poll(waiting, wait, &app.metrics).await,
+            Ok(Subscription::Waiting(waiting)) => {
+                return Ok(waiting_reply(waiting, wait, app.metrics.clone()));
+            }
             // Shutting down: answer now, so the client asks another instance.
             Err(SubscribeError::ShuttingDown) => app.hub.recorded(id),
             Err(refused) => return Err(ApiError::refused(refused, id).into()),
@@ -51,9 +60,34 @@ pub async fn status(query: Vec<(String, String)>, app: App) -> Result<Response, 
     Ok(reply(id, outcome.as_deref()))
 }
 
+/// The answer of a registered long-poll: the head now, the JSON once the
+/// outcome comes, the wait ends or the hub shuts down.
+fn waiting_reply(waiting: Waiting, wait: Duration, metrics: Arc<Metrics>) -> Response {
+    let id = waiting.pay_record_id();
+    let body = stream::once(async move {
+        let outcome = long_poll(waiting, wait, &metrics).await;
+        Ok::<_, Infallible>(json_bytes(id, outcome.as_deref()))
+    });
+    let mut response = warp::reply::stream(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The JSON of an answer: the outcome object or the `PENDING` one.
+fn json_bytes(id: PayRecordId, outcome: Option<&Outcome>) -> Vec<u8> {
+    // Plain strings and numbers: serializing them cannot fail.
+    match outcome {
+        Some(outcome) => serde_json::to_vec(&outcome.event_json()),
+        None => serde_json::to_vec(&PendingJson::new(id)),
+    }
+    .unwrap_or_default()
+}
+
 /// Waits up to `wait` for the outcome; `None` at the end of the wait or on
 /// shutdown. The waiter leaves the hub when this returns (or when the
-/// client goes away and the request is dropped).
+/// client goes away and the answer is dropped).
 pub async fn long_poll(
     mut waiting: Waiting,
     wait: Duration,
