@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::Value;
 use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use helpers::{spawn_app, EventStream, TestApp, PATIENCE};
 
@@ -589,6 +590,51 @@ async fn two_instances_behind_nginx_deliver_across_and_unbuffered() {
         stream_on_a, callback_on_a,
         "stream and callback on different instances"
     );
+}
+
+#[tokio::test]
+async fn websocket_and_long_poll_work_through_nginx() {
+    let test = "websocket_and_long_poll_work_through_nginx";
+    if !have("redis-server", "redis-server", test) || !have("nginx", "nginx", test) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let a = instance(&redis.url(), &[]).await;
+    let b = instance(&redis.url(), &[]).await;
+    let nginx = Nginx::start([&a, &b]).await;
+
+    // A page served through nginx opens /ws: its Origin is nginx's.
+    let origin = format!("http://127.0.0.1:{}", nginx.port);
+    let mut request = format!("ws://127.0.0.1:{}/ws?payRecordId=11", nginx.port)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("origin", origin.parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the upgrade passes through nginx");
+    assert_eq!(helpers::next_json(&mut socket).await["status"], "PENDING");
+    let url = nginx.url("/status?payRecordId=11&wait=25");
+    let poll = tokio::spawn(async move { reqwest::get(url).await.unwrap().json::<Value>().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let answer: Value = reqwest::get(nginx.url("/pay-callback?payRecordId=11"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let outcome = helpers::next_json(&mut socket).await;
+    assert_eq!(outcome["completedAt"], answer["completedAt"]);
+    assert_eq!(helpers::next_close(&mut socket).await.0, 1000);
+    let polled = tokio::time::timeout(PATIENCE, poll)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(polled, outcome);
 }
 
 #[tokio::test]
