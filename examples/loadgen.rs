@@ -1648,6 +1648,19 @@ mod tests {
     }
 
     #[test]
+    fn websocket_frames_parse_with_each_length_form() {
+        assert_eq!(ws_frame(&[0x81, 2, b'o', b'k']), Some((WS_TEXT, 2..4, 4)));
+        assert_eq!(ws_frame(&[0x81, 2, b'o']), None, "incomplete");
+        let mut medium = vec![0x81, 126, 0, 200];
+        medium.extend(vec![b'x'; 200]);
+        assert_eq!(ws_frame(&medium), Some((WS_TEXT, 4..204, 204)));
+        let mut long = vec![0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0];
+        long.extend(vec![0; 65536]);
+        assert_eq!(ws_frame(&long), Some((WS_BINARY, 10..65546, 65546)));
+        assert_eq!(ws_frame(&[0x88, 0]), Some((WS_CLOSE, 2..2, 2)));
+    }
+
+    #[test]
     fn targets_must_be_loopback() {
         assert!(Target::parse("http://127.0.0.1:8080/push?payRecordId={id}").is_ok());
         assert!(Target::parse("http://10.0.0.1:8080/").is_err());
