@@ -4,14 +4,15 @@
 # Usage: tests/curl/run.sh path/to/paypush
 set -uo pipefail
 
-bin=${1:?usage: tests/curl/run.sh path/to/paypush}
+bin=$(realpath "${1:?usage: tests/curl/run.sh path/to/paypush}")
 work=$(mktemp -d)
 passed=0
 failed=0
 
 start_server() {
     : >"$work/server.log"
-    "$bin" --bind 127.0.0.1:0 "$@" 2>"$work/server.log" &
+    # In the scratch folder: whatever the server writes there stays out of the repository.
+    (cd "$work" && exec "$bin" --bind 127.0.0.1:0 "$@" 2>"$work/server.log") &
     server=$!
     for _ in $(seq 100); do
         base=$(grep -o 'listening on http://[0-9.:]*' "$work/server.log" | sed 's/listening on //')
@@ -75,6 +76,25 @@ form_and_json_callbacks() {
         grep -q '"payRecordId":"127"' "$work/body"
 }
 
+long_poll_is_woken_by_a_callback() {
+    curl -s --max-time 10 "$base/status?payRecordId=129&wait=25" >"$work/poll" &
+    local poll=$!
+    sleep 0.3
+    [ "$(status_of "$base/pay-callback?payRecordId=129")" = 200 ] || return 1
+    wait "$poll" && grep -q '"status":"SUCCESS"' "$work/poll" &&
+        [ "$(status_of "$base/status?payRecordId=130")" = 200 ] &&
+        grep -q '"status":"PENDING"' "$work/body" &&
+        [ "$(status_of "$base/status?payRecordId=130&wait=1.5")" = 400 ] &&
+        grep -q '"error":"invalid_request"' "$work/body"
+}
+
+wrong_method_names_the_allowed_ones() {
+    curl -s -o /dev/null -D "$work/head" -X POST "$base/push?payRecordId=1" &&
+        grep -q '^HTTP/1.1 405' "$work/head" && grep -qi '^allow: GET' "$work/head" &&
+        curl -s -o /dev/null -D "$work/head" -X PUT "$base/pay-callback" &&
+        grep -qi '^allow: GET, POST' "$work/head"
+}
+
 bad_input_is_json_400() {
     [ "$(status_of "$base/push?payRecordId=abc")" = 400 ] &&
         grep -q '"error":"invalid_pay_record_id"' "$work/body" &&
@@ -131,6 +151,8 @@ check "subscribe, then callback: the stream gets pending, then 支付成功, the
 check "a late subscriber gets the recorded outcome at once" late_subscriber_gets_the_outcome
 check "a repeated callback is a duplicate, a different one a 409" duplicate_and_conflict
 check "form-encoded and JSON callbacks" form_and_json_callbacks
+check "a long-poll on /status is woken by a callback; bad wait is 400" long_poll_is_woken_by_a_callback
+check "a 405 names the route's methods in Allow" wrong_method_names_the_allowed_ones
 check "bad input gets JSON errors" bad_input_is_json_400
 check "SIGTERM ends open streams and the server exits 0" sigterm_ends_streams_and_exits_0
 
