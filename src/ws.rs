@@ -117,8 +117,12 @@ pub async fn upgrade(
     app: App,
 ) -> Result<Response, Rejection> {
     let id = authorize(&app, &query)?;
-    if let Some(origin) = header(&headers, ORIGIN) {
-        if !origin_allowed(origin, header(&headers, HOST), &app.config.allow_origin) {
+    if let Some(origin) = headers.get(ORIGIN) {
+        // An Origin that is not plain ASCII is no browser's: refused too.
+        let allowed = origin.to_str().is_ok_and(|origin| {
+            origin_allowed(origin, header(&headers, HOST), &app.config.allow_origin)
+        });
+        if !allowed {
             return Err(ApiError::ForbiddenOrigin.into());
         }
     }

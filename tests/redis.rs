@@ -593,6 +593,37 @@ async fn two_instances_behind_nginx_deliver_across_and_unbuffered() {
 }
 
 #[tokio::test]
+async fn during_a_redis_outage_status_is_503_and_a_long_poll_waits_for_the_outcome() {
+    let Some((mut redis, [a, b])) = cluster(
+        "during_a_redis_outage_status_is_503_and_a_long_poll_waits_for_the_outcome",
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    redis.stop().await;
+    let (status, body) = b.status("?payRecordId=6").await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")));
+    let url = b.url("/status?payRecordId=7&wait=25");
+    let poll = tokio::spawn(async move { reqwest::get(url).await.unwrap().json::<Value>().await });
+    b.wait_for_metric("paypush_waiters_open{transport=\"poll\"}", 1.0)
+        .await;
+
+    redis.restart().await;
+    wait_until_ready(&a, 200).await;
+    wait_until_ready(&b, 200).await;
+    assert_eq!(a.callback("7", Some("FAILED")).await.status(), 200);
+
+    let outcome = tokio::time::timeout(PATIENCE, poll)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome["status"], "FAILED");
+}
+
+#[tokio::test]
 async fn websocket_and_long_poll_work_through_nginx() {
     let test = "websocket_and_long_poll_work_through_nginx";
     if !have("redis-server", "redis-server", test) || !have("nginx", "nginx", test) {
