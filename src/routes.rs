@@ -4,7 +4,7 @@
 //!
 //! Every route matches its path before its method, so an unknown path is a
 //! `404` and a known path with the wrong method a `405` whose `Allow`
-//! header lists the route's methods ([`methods`]).
+//! header lists the route's methods (see `methods`).
 
 use std::convert::Infallible;
 use std::pin::pin;

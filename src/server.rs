@@ -6,7 +6,7 @@
 //! listener, so tests bind port 0 and the binary stays thin.
 //!
 //! Connections may upgrade to WebSockets (`/ws`), and hyper-util's
-//! `GracefulShutdown` cannot watch upgradeable connections, so [`Graceful`]
+//! `GracefulShutdown` cannot watch upgradeable connections, so `Graceful`
 //! does its one job here: start each connection's graceful shutdown when
 //! the server stops. An upgraded socket leaves hyper; it ends itself when
 //! the hub shuts down, and [`run`] waits for the hub to have no waiter left.
