@@ -7,3 +7,4 @@ mod lifecycle;
 mod push;
 mod qr;
 mod security;
+mod store;

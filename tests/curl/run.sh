@@ -11,7 +11,8 @@ failed=0
 
 start_server() {
     : >"$work/server.log"
-    "$bin" --bind 127.0.0.1:0 "$@" 2>"$work/server.log" &
+    # Each server keeps its store in a fresh folder of its own.
+    "$bin" --bind 127.0.0.1:0 --data-dir "$(mktemp -d -p "$work")" "$@" 2>"$work/server.log" &
     server=$!
     for _ in $(seq 100); do
         base=$(grep -o 'listening on http://[0-9.:]*' "$work/server.log" | sed 's/listening on //')
