@@ -893,4 +893,67 @@ mod tests {
         assert_eq!(hub.stats().open_streams, 1);
         assert_eq!(hub.waiting_payments(), vec![id(1)]);
     }
+
+    /// A hub whose store writes to a fresh folder (kept alive by the caller).
+    fn hub_with_store() -> (Hub, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::store::StoreConfig {
+            dir: dir.path().to_path_buf(),
+            durability: crate::store::Durability::Disk,
+            outcome_ttl: Duration::from_secs(60),
+            nonce_memory: Duration::from_secs(600),
+        };
+        let sync = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("s", "s"));
+        let (store, replay) = Store::open(config, sync.unwrap()).unwrap();
+        assert!(replay.records.is_empty());
+        (
+            Hub::with_store(hub(10, 10).limits(), store, Vec::new()),
+            dir,
+        )
+    }
+
+    /// Whether the folder's segments hold the outcome of payment `n`.
+    fn on_disk(dir: &std::path::Path, n: u64) -> bool {
+        std::fs::read_dir(dir).unwrap().any(|entry| {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let mut record = Vec::new();
+            Record::Outcome(Outcome {
+                pay_record_id: id(n),
+                status: Status::Success,
+                completed_at: SystemTime::UNIX_EPOCH,
+            })
+            .encode(&mut record);
+            // The id's bytes, right after the record's 8-byte header and tag.
+            let id_bytes = &record[9..17];
+            bytes.windows(8).any(|w| w == id_bytes)
+        })
+    }
+
+    #[tokio::test]
+    async fn streams_and_duplicates_see_an_outcome_only_once_it_is_on_disk() {
+        let (hub, dir) = hub_with_store();
+        let mut stream = waiting(hub.subscribe(id(1)));
+        let first = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.complete(Outcome::new(id(1), Status::Success)).await }
+        });
+        let again = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.complete(Outcome::new(id(1), Status::Success)).await }
+        });
+        let again = again.await.unwrap();
+        assert!(on_disk(dir.path(), 1), "answered before it was stored");
+        let outcome = stream.outcome().await.unwrap();
+        assert_eq!(outcome.status, Status::Success);
+        let results = [first.await.unwrap(), again];
+        let recorded = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Completion::Recorded { notified: 1, .. })))
+            .count();
+        let duplicates = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Completion::Duplicate(_))))
+            .count();
+        assert_eq!((recorded, duplicates), (1, 1), "{results:?}");
+    }
 }
