@@ -81,11 +81,11 @@ pub struct CallbackRequest {
 
 impl CallbackRequest {
     /// Checks the signature headers when a callback secret is set; the nonce
-    /// is remembered only once every other check has passed. The returned
-    /// [`Stored`] resolves once the nonce is durable.
-    async fn authenticate(&self, app: &App) -> Result<Stored, ApiError> {
+    /// is remembered only once every other check has passed. Returns the
+    /// nonce (signed mode) and a [`Stored`] that resolves once it is durable.
+    async fn authenticate(&self, app: &App) -> Result<(Option<String>, Stored), ApiError> {
         let Some(secret) = &app.config.callback_secret else {
-            return Ok(Stored::now());
+            return Ok((None, Stored::now()));
         };
         let parts = SignedParts {
             method: self.method.as_str(),
@@ -100,7 +100,7 @@ impl CallbackRequest {
             .await
             .map_err(unavailable)?;
         match check {
-            NonceCheck::Fresh => Ok(stored),
+            NonceCheck::Fresh => Ok((Some(headers.nonce), stored)),
             NonceCheck::Replayed => Err(SignatureError::ReplayedNonce.into()),
             NonceCheck::Full => Err(ApiError::Unavailable("too many signed callbacks at once")),
         }
@@ -182,19 +182,32 @@ fn not_recorded(app: &App, error: RecordError) -> ApiError {
 /// `/pay-callback`: authenticates and parses the request, records the
 /// outcome (first one wins) and pushes it to every waiting stream.
 pub async fn callback(request: CallbackRequest, app: App) -> Result<Response, Rejection> {
-    let nonce = request.authenticate(&app).await?;
+    let (nonce, nonce_stored) = request.authenticate(&app).await?;
     let Callback {
         pay_record_id: id,
         status,
     } = request.parse()?;
-    let completion = app
+    let recorded = match app
         .backplane
         .record(&app.hub, Outcome::new(id, status))
         .await
-        .map_err(|e| not_recorded(&app, e))?;
-    // The nonce went to the store before the outcome, so this rarely waits;
-    // a replay after a restart must still be refused.
-    nonce.wait().await.map_err(store_failed)?;
+    {
+        // The nonce went to the store before the outcome, so this rarely
+        // waits; a replay after a restart must still be refused.
+        Ok(completion) => nonce_stored
+            .wait()
+            .await
+            .map(|()| completion)
+            .map_err(|e| RecordError::Refused(Refusal::Store(e))),
+        Err(e) => Err(e),
+    };
+    let completion = recorded.map_err(|e| {
+        // Not recorded: the provider's retry of this very request must pass.
+        if let Some(nonce) = &nonce {
+            app.hub.forget_nonce(nonce);
+        }
+        not_recorded(&app, e)
+    })?;
     let (outcome, duplicate) = match completion {
         Completion::Recorded { outcome, notified } => {
             log::info!("callback {id} {status}: recorded, {notified} streams notified");
