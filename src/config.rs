@@ -26,6 +26,9 @@ pub const DEFAULT_MAX_STREAMS_PER_PAYMENT: &str = "16";
 pub const DEFAULT_DATA_DIR: &str = "paypush-data";
 /// Default bound on remembered outcomes.
 pub const DEFAULT_MAX_OUTCOMES: &str = "5000000";
+/// Default cap of concurrent HTTP/2 streams on one connection: a proxy
+/// multiplexes thousands of waiting pages over a few h2c connections.
+pub const DEFAULT_H2_MAX_STREAMS: &str = "10000";
 /// File descriptors kept free for callbacks, Redis, the listener and logs when
 /// the total stream limit is sized from the open-file limit.
 pub const RESERVED_FDS: u64 = 512;
@@ -119,6 +122,11 @@ pub struct Config {
     #[arg(long, env = "PAYPUSH_MAX_OUTCOMES", value_name = "N", default_value = DEFAULT_MAX_OUTCOMES,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_outcomes: u64,
+
+    /// Concurrent streams one HTTP/2 (h2c) connection may carry, e.g. from a proxy.
+    #[arg(long, env = "PAYPUSH_H2_MAX_STREAMS", value_name = "N", default_value = DEFAULT_H2_MAX_STREAMS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub h2_max_streams: u32,
 
     /// Answer these origins' cross-origin requests (comma-separated, e.g. https://shop.example.com).
     #[arg(long, env = "PAYPUSH_ALLOW_ORIGIN", value_name = "LIST", value_delimiter = ',',

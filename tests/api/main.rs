@@ -3,6 +3,7 @@
 mod callback;
 mod deploy;
 mod errors;
+mod h2c;
 mod helpers;
 mod lifecycle;
 mod push;
