@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::pin::pin;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -23,6 +24,10 @@ use crate::qr;
 
 /// The largest callback body accepted, declared or chunked.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// A callback body must arrive within this time of its request head, else
+/// `408`: a client that declares a body and never sends it cannot hold a
+/// connection (and its file descriptor) for ever.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every route, with errors mapped to JSON.
 pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
@@ -147,8 +152,19 @@ fn query_pairs() -> impl Filter<Extract = (Vec<(String, String)>,), Error = Reje
     warp::query::<Vec<(String, String)>>()
 }
 
-/// Reads a body of at most [`MAX_BODY_BYTES`], declared or chunked.
+/// Reads a body of at most [`MAX_BODY_BYTES`], declared or chunked, that
+/// arrives within [`BODY_READ_TIMEOUT`].
 async fn read_body(
+    headers: &HeaderMap,
+    body: impl Stream<Item = Result<impl Buf, warp::Error>>,
+) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(BODY_READ_TIMEOUT, read_body_untimed(headers, body))
+        .await
+        .unwrap_or(Err(ApiError::RequestTimeout))
+}
+
+/// [`read_body`] without its deadline.
+async fn read_body_untimed(
     headers: &HeaderMap,
     body: impl Stream<Item = Result<impl Buf, warp::Error>>,
 ) -> Result<Bytes, ApiError> {
