@@ -21,12 +21,14 @@
 //! - [`metrics`]: Prometheus counters and the `/metrics` text.
 //! - [`app`]: the shared [`app::App`]: hub, backplane, metrics, configuration.
 //! - [`server`]: the HTTP loop with graceful shutdown.
+//! - [`cors`]: CORS headers for the `--allow-origin` list, none for anyone else.
 //! - [`shutdown`]: waits for SIGINT or SIGTERM.
 //! - [`signature`]: callback HMAC signatures, subscribe tokens, the redacting `Secret`.
 
 pub mod app;
 pub mod backplane;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod handlers;
 pub mod hub;

@@ -38,3 +38,126 @@ async fn a_body_that_stalls_gets_408_and_its_connection_closed() {
         "not before 10 s"
     );
 }
+
+const LISTED: &str = "https://shop.example.com";
+const UNLISTED: &str = "https://evil.example.net";
+
+/// Every `Access-Control-*` header of an answer, name and value, sorted.
+fn cors_headers(answer: &reqwest::Response) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = answer
+        .headers()
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("access-control-"))
+        .map(|(name, value)| {
+            (
+                name.to_string(),
+                value.to_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    headers.sort();
+    headers
+}
+
+/// Sends `method path` with these headers to a server that lists [`LISTED`].
+async fn cors_request(
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let app = spawn_app(&["--allow-origin", LISTED]).await;
+    let mut request = app.client.request(method, app.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_listed_origin_gets_exactly_its_origin_and_credentials_on_push_and_callbacks() {
+    for path in ["/push?payRecordId=1301", "/pay-callback?payRecordId=1302"] {
+        let answer = cors_request(reqwest::Method::GET, path, &[("origin", LISTED)]).await;
+        assert_eq!(answer.status(), 200, "{path}");
+        assert_eq!(
+            cors_headers(&answer),
+            owned(&[
+                ("access-control-allow-credentials", "true"),
+                ("access-control-allow-origin", LISTED),
+            ]),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_listed_origins_preflight_gets_exactly_the_preflight_headers() {
+    let answer = cors_request(
+        reqwest::Method::OPTIONS,
+        "/pay-callback",
+        &[
+            ("origin", LISTED),
+            ("access-control-request-method", "POST"),
+            ("access-control-request-headers", "content-type"),
+        ],
+    )
+    .await;
+    assert!(answer.status().is_success());
+    assert_eq!(
+        cors_headers(&answer),
+        owned(&[
+            ("access-control-allow-credentials", "true"),
+            (
+                "access-control-allow-headers",
+                "content-type,cache-control,last-event-id,paypush-timestamp,paypush-nonce,paypush-signature"
+            ),
+            ("access-control-allow-methods", "GET,POST"),
+            ("access-control-allow-origin", LISTED),
+            ("access-control-max-age", "600"),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn an_unlisted_origin_gets_no_cors_header_on_push_callbacks_or_unknown_routes() {
+    for path in [
+        "/push?payRecordId=1303",
+        "/pay-callback?payRecordId=1304",
+        "/no-such-route",
+    ] {
+        let answer = cors_request(reqwest::Method::GET, path, &[("origin", UNLISTED)]).await;
+        assert_eq!(cors_headers(&answer), vec![], "{path}");
+    }
+}
+
+#[tokio::test]
+async fn an_unlisted_origins_preflight_is_a_plain_405_json_without_cors_headers() {
+    let answer = cors_request(
+        reqwest::Method::OPTIONS,
+        "/pay-callback",
+        &[
+            ("origin", UNLISTED),
+            ("access-control-request-method", "POST"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status(), 405);
+    assert_eq!(cors_headers(&answer), vec![]);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn options_without_origin_is_a_plain_404_json_without_cors_headers() {
+    let answer = cors_request(reqwest::Method::OPTIONS, "/anything", &[]).await;
+    assert_eq!(answer.status(), 404);
+    assert_eq!(cors_headers(&answer), vec![]);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "not_found");
+}
