@@ -238,6 +238,7 @@ impl From<InvalidCallback> for ApiError {
             InvalidCallback::PayRecordId => ApiError::InvalidPayRecordId,
             InvalidCallback::Status => ApiError::InvalidStatus,
             InvalidCallback::NotAnObject => ApiError::InvalidBody("it must be a JSON object"),
+            InvalidCallback::RepeatedKey => ApiError::InvalidBody("a key is repeated"),
         }
     }
 }

@@ -161,3 +161,18 @@ async fn options_without_origin_is_a_plain_404_json_without_cors_headers() {
     let body: serde_json::Value = answer.json().await.unwrap();
     assert_eq!(body["error"], "not_found");
 }
+
+#[tokio::test]
+async fn a_json_callback_with_a_repeated_key_is_400_invalid_body_and_records_nothing() {
+    let app = spawn_app(&[]).await;
+    for body in [
+        r#"{"payRecordId":"1305","payRecordId":"1306"}"#,
+        r#"{"payRecordId":"1305","status":"FAILED","status":"SUCCESS"}"#,
+    ] {
+        let answer = app.post_callback("application/json", body).await;
+        assert_eq!(answer.status(), 400, "{body}");
+        let json: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(json["error"], "invalid_body", "{body}");
+    }
+    assert_eq!(app.metric("paypush_outcomes_recorded").await, 0.0);
+}
