@@ -18,6 +18,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
+use tower_http::set_header::SetResponseHeaderLayer;
+use warp::http::{header, HeaderValue};
 
 use crate::app::App;
 use crate::cors::ListedOrigins;
@@ -68,6 +70,11 @@ fn builder(h2_max_streams: u32) -> auto::Builder<TokioExecutor> {
 /// connections to close.
 pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
     let service = ServiceBuilder::new()
+        // Outermost: CORS preflight answers get it too.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         .option_layer(ListedOrigins::new(&app.config.allow_origin))
         // Boxed: each connection and each request then clones one `Arc`
         // instead of the whole filter tree (an `App` per route), and a

@@ -458,19 +458,18 @@ const SHOP_PAGE: &str = r#"<!doctype html>
 #[tokio::test]
 async fn a_page_on_an_allowed_origin_subscribes_and_posts_across_origins() {
     with_page("a_page_on_an_allowed_origin", |page| async move {
-        let dir = std::env::temp_dir().join(format!("paypush-shop-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("shop dir");
-        std::fs::write(dir.join("shop.html"), SHOP_PAGE).expect("shop page");
-        let shop = spawn_app(&["--static-dir", dir.to_str().expect("utf-8 path")]).await;
-        let shop_origin = format!("http://{}", shop.addr);
+        // The shop is a plain web server of its own: paypush's demo-page
+        // CSP (its own origin only, no inline script) would rightly block
+        // this page if paypush served it.
+        let shop_origin = serve_shop_page().await;
         let paypush = spawn_app(&["--allow-origin", &shop_origin]).await;
         let closed = spawn_app(&[]).await;
 
         // Allowed: the stream opens, and the JSON callback passes its preflight.
-        page.open(
-            &shop,
-            &format!("/shop.html?id=81&paypush=http://{}", paypush.addr),
-        )
+        page.goto(&format!(
+            "{shop_origin}/shop.html?id=81&paypush=http://{}",
+            paypush.addr
+        ))
         .await;
         page.wait_for_body("state", "waiting").await;
         page.client
@@ -482,10 +481,10 @@ async fn a_page_on_an_allowed_origin_subscribes_and_posts_across_origins() {
         page.wait_for_body("message", "支付失败").await;
 
         // Not allowed: the browser refuses both.
-        page.open(
-            &shop,
-            &format!("/shop.html?id=82&paypush=http://{}", closed.addr),
-        )
+        page.goto(&format!(
+            "{shop_origin}/shop.html?id=82&paypush=http://{}",
+            closed.addr
+        ))
         .await;
         page.wait_for_body("state", "error").await;
         page.client
@@ -493,12 +492,29 @@ async fn a_page_on_an_allowed_origin_subscribes_and_posts_across_origins() {
             .await
             .expect("pay");
         page.wait_for_body("answer", "blocked").await;
-        let _ = std::fs::remove_dir_all(&dir);
     })
     .await;
 }
 
+/// Serves [`SHOP_PAGE`] at `/shop.html` on a free loopback port, for the
+/// rest of the test process; returns its origin.
+async fn serve_shop_page() -> String {
+    use warp::Filter;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the shop");
+    let origin = format!("http://{}", listener.local_addr().expect("shop address"));
+    let page = warp::path!("shop.html").map(|| warp::reply::html(SHOP_PAGE));
+    tokio::spawn(warp::serve(page).incoming(listener).run());
+    origin
+}
+
 impl Page {
+    /// Opens any URL.
+    async fn goto(&self, url: &str) {
+        self.client.goto(url).await.expect("open the page");
+    }
+
     /// Waits until `document.body.dataset[key]` is `value`.
     async fn wait_for_body(&self, key: &str, value: &str) {
         let deadline = tokio::time::Instant::now() + DEADLINE;

@@ -176,3 +176,58 @@ async fn a_json_callback_with_a_repeated_key_is_400_invalid_body_and_records_not
     }
     assert_eq!(app.metric("paypush_outcomes_recorded").await, 0.0);
 }
+
+#[tokio::test]
+async fn every_answer_says_nosniff() {
+    let app = spawn_app(&["--allow-origin", LISTED]).await;
+    let preflight = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/pay-callback"))
+        .header("origin", LISTED)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    let mut answers = vec![("preflight".to_string(), preflight)];
+    for path in [
+        "/",
+        "/app.js",
+        "/healthz",
+        "/metrics",
+        "/qr.svg?payRecordId=1",
+        "/push?payRecordId=0",
+        "/pay-callback?payRecordId=1307",
+        "/no-such-route",
+    ] {
+        answers.push((path.to_string(), app.get(path).await));
+    }
+    for (what, answer) in answers {
+        assert_eq!(
+            answer.headers().get("x-content-type-options").unwrap(),
+            "nosniff",
+            "{what}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_demo_page_allows_only_its_own_origin_and_sends_no_referrer() {
+    let app = spawn_app(&[]).await;
+    for path in ["/", "/app.js", "/app.css"] {
+        let answer = app.get(path).await;
+        assert_eq!(answer.status(), 200, "{path}");
+        let csp = answer.headers()["content-security-policy"]
+            .to_str()
+            .unwrap();
+        for directive in [
+            "default-src 'self'",
+            "script-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        assert!(!csp.contains("unsafe"), "{path}: {csp}");
+        assert_eq!(answer.headers()["referrer-policy"], "no-referrer", "{path}");
+    }
+}
