@@ -136,6 +136,14 @@ pub struct Config {
     /// Serve the demo page from this folder instead of the files built into the binary.
     #[arg(long, env = "PAYPUSH_STATIC_DIR", value_name = "DIR")]
     pub static_dir: Option<PathBuf>,
+
+    /// This server's public URL (e.g. https://pay.example.com), encoded in the demo page's QR code [default: the request's Host].
+    #[arg(long, env = "PAYPUSH_PUBLIC_URL", value_name = "URL", value_parser = parse_public_url)]
+    pub public_url: Option<String>,
+
+    /// Turn the demo page, its files and /qr.svg off (404), for production.
+    #[arg(long, env = "PAYPUSH_NO_DEMO_PAGE")]
+    pub no_demo_page: bool,
 }
 
 /// The helper subcommands, for curl and for the merchant's backend.
@@ -203,6 +211,24 @@ fn parse_origin(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// A base URL like `https://pay.example.com` or `https://example.com/paypush`:
+/// `http` or `https`, a host, an optional path, no query or fragment; kept
+/// without its trailing `/`.
+fn parse_public_url(s: &str) -> Result<String, String> {
+    let s = s.trim().trim_end_matches('/');
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or_else(|| format!("{s:?} is not a URL like https://pay.example.com"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || s.contains(['?', '#', ' ', '@']) {
+        return Err(format!(
+            "{s:?} is not a URL like https://pay.example.com (no user, query or fragment)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
 fn parse_pay_record_id(s: &str) -> Result<PayRecordId, String> {
     PayRecordId::parse(s)
         .map_err(|_| "must be an integer from 1 to 9223372036854775807".to_string())
@@ -244,6 +270,8 @@ mod tests {
             &["paypush", "--keep-alive", "0s"],
             &["paypush", "--max-streams", "0"],
             &["paypush", "--bind", "localhost"],
+            &["paypush", "--public-url", "pay.example.com"],
+            &["paypush", "--public-url", "https://pay.example.com/?a=1"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }

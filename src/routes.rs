@@ -40,7 +40,7 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
         .unify()
         .or(metrics(app.clone()))
         .unify()
-        .or(qr_svg())
+        .or(qr_svg(app.clone()))
         .unify()
         .or(static_files(app))
         .unify()
@@ -109,23 +109,41 @@ pub fn metrics(app: App) -> impl Filter<Extract = (Response,), Error = Rejection
 }
 
 /// GET /qr.svg?payRecordId=123: the demo page's payment QR code
-pub fn qr_svg() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn qr_svg(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("qr.svg")
+        .and(demo_page(&app))
         .and(warp::get())
         .and(query_pairs())
         .and(warp::host::optional())
+        .and(with_app(app))
         .and_then(qr::qr_svg)
 }
 
 /// GET /, GET /<file>: the demo page and its assets
 pub fn static_files(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path::tail()
+    demo_page(&app)
+        .and(warp::path::tail())
         .and(with_app(app))
         .and_then(|tail: warp::path::Tail, app: App| async move {
             handlers::find_static_file(&app, tail.as_str()).await
         })
         .and(warp::get().or(warp::head()).unify())
         .map(handlers::static_file)
+}
+
+/// Passes while the demo page is served; with `--no-demo-page` its routes
+/// are not found.
+fn demo_page(app: &App) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    let served = !app.config.no_demo_page;
+    warp::any()
+        .and_then(move || async move {
+            if served {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
 }
 
 fn with_app(app: App) -> impl Filter<Extract = (App,), Error = Infallible> + Clone {

@@ -231,3 +231,53 @@ async fn the_demo_page_allows_only_its_own_origin_and_sends_no_referrer() {
         assert_eq!(answer.headers()["referrer-policy"], "no-referrer", "{path}");
     }
 }
+
+/// A `Host` over the 255 bytes `/qr.svg` encodes.
+fn long_host() -> String {
+    format!("{}.example.com", "a".repeat(288))
+}
+
+/// `GET path` over raw TCP with this `Host`; the whole answer as text.
+async fn get_with_host(app: &crate::helpers::TestApp, path: &str, host: &str) -> String {
+    let mut tcp = TcpStream::connect(app.addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(crate::helpers::PATIENCE, tcp.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn qr_svg_refuses_a_host_over_255_bytes_with_400_json() {
+    let app = spawn_app(&[]).await;
+    let answer = get_with_host(&app, "/qr.svg?payRecordId=1308", &long_host()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains(r#""error":"invalid_request""#), "{answer}");
+}
+
+#[tokio::test]
+async fn qr_svg_encodes_the_public_url_whatever_the_host() {
+    let app = spawn_app(&["--public-url", "https://pay.example.com/"]).await;
+    let answer = get_with_host(&app, "/qr.svg?payRecordId=1309", &long_host()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let expected =
+        paypush::qr::svg("https://pay.example.com/pay-callback?payRecordId=1309&status=SUCCESS")
+            .unwrap();
+    assert!(answer.ends_with(&expected), "{answer}");
+}
+
+#[tokio::test]
+async fn no_demo_page_turns_the_page_its_files_and_the_qr_code_off() {
+    let app = spawn_app(&["--no-demo-page"]).await;
+    for path in ["/", "/index.html", "/app.js", "/qr.svg?payRecordId=1310"] {
+        let answer = app.get(path).await;
+        assert_eq!(answer.status(), 404, "{path}");
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(body["error"], "not_found", "{path}");
+    }
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    assert_eq!(app.callback("1310", None).await.status(), 200);
+}
