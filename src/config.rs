@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::ffi::OsStr;
+
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 
 use crate::backplane::RedisUrl;
@@ -102,7 +106,8 @@ pub struct Config {
         long,
         env = "PAYPUSH_REDIS_URL",
         value_name = "URL",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = RedisUrlParser
     )]
     pub redis_url: Option<RedisUrl>,
 
@@ -144,6 +149,10 @@ pub struct Config {
     /// Turn the demo page, its files and /qr.svg off (404), for production.
     #[arg(long, env = "PAYPUSH_NO_DEMO_PAGE")]
     pub no_demo_page: bool,
+
+    /// Serve /metrics on this (internal) address instead; the main address then answers it with 404 [default: on --bind].
+    #[arg(long, env = "PAYPUSH_METRICS_BIND", value_name = "ADDR")]
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 /// The helper subcommands, for curl and for the merchant's backend.
@@ -229,6 +238,73 @@ fn parse_public_url(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// Parses `--redis-url` itself: clap's own error would quote the value, and
+/// with it the password; this one quotes it through [`redact_url`].
+#[derive(Clone, Debug)]
+struct RedisUrlParser;
+
+impl TypedValueParser for RedisUrlParser {
+    type Value = RedisUrl;
+
+    fn parse_ref(
+        &self,
+        _command: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<RedisUrl, clap::Error> {
+        let text = value.to_string_lossy();
+        text.parse::<RedisUrl>().map_err(|why| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!(
+                    "invalid value '{}' for '--redis-url <URL>': {why}\n",
+                    redact_url(&text)
+                ),
+            )
+        })
+    }
+}
+
+/// `url` with its password (and any `pass`/`password` query value) shown as
+/// `***`: `redis://user:***@host:6379/0`. A user part without `:` may be a
+/// password alone, and is hidden whole.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = match rest.rfind('@') {
+        Some(at) => {
+            let (user_info, host) = rest.split_at(at);
+            match user_info.split_once(':') {
+                Some((user, _)) => format!("{user}:{REDACTED}{host}"),
+                None => format!("{REDACTED}{host}"),
+            }
+        }
+        None => rest.to_string(),
+    };
+    let rest = match rest.split_once('?') {
+        Some((before, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.to_ascii_lowercase().contains("pass") => {
+                        format!("{key}={REDACTED}")
+                    }
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{before}?{}", query.join("&"))
+        }
+        None => rest,
+    };
+    if scheme.is_empty() && !url.contains("://") {
+        rest
+    } else {
+        format!("{scheme}://{rest}")
+    }
+}
+
+/// What a hidden secret is shown as.
+const REDACTED: &str = "***";
+
 fn parse_pay_record_id(s: &str) -> Result<PayRecordId, String> {
     PayRecordId::parse(s)
         .map_err(|_| "must be an integer from 1 to 9223372036854775807".to_string())
@@ -261,6 +337,22 @@ mod tests {
         assert_eq!(config.durability, Durability::Disk);
         assert!(!config.in_memory);
         assert_eq!(config.max_outcomes, 5_000_000);
+    }
+
+    #[test]
+    fn redacted_urls_hide_passwords_only() {
+        for (url, shown) in [
+            ("redis://:pw@h:1/0", "redis://:***@h:1/0"),
+            ("redis://u:pw@h", "redis://u:***@h"),
+            ("redis://pw@h", "redis://***@h"),
+            ("redis://h:6379", "redis://h:6379"),
+            (
+                "redis+unix:///s?db=1&pass=pw",
+                "redis+unix:///s?db=1&pass=***",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
     }
 
     #[test]

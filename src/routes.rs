@@ -100,12 +100,40 @@ pub fn readyz(app: App) -> impl Filter<Extract = (Response,), Error = Rejection>
         .and_then(handlers::readyz)
 }
 
-/// GET /metrics
+/// GET /metrics (on the main address unless `--metrics-bind` moves it)
 pub fn metrics(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let here = app.config.metrics_bind.is_none();
     warp::path!("metrics")
-        .and(warp::get())
-        .and(with_app(app))
-        .and_then(handlers::metrics)
+        .and(warp::any().and_then(move || async move {
+            if here {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        }))
+        .untuple_one()
+        .and(metrics_here(app))
+}
+
+/// Every route of the `--metrics-bind` address: GET /metrics, with errors
+/// mapped to JSON.
+pub fn metrics_only(app: App) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    warp::path!("metrics")
+        .and(metrics_here(app))
+        .recover(handle_rejection)
+        .unify()
+        .map(|mut response: Response| {
+            response.headers_mut().insert(
+                warp::http::header::X_CONTENT_TYPE_OPTIONS,
+                warp::http::HeaderValue::from_static("nosniff"),
+            );
+            response
+        })
+}
+
+/// The metrics reply, once the path matched.
+fn metrics_here(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::get().and(with_app(app)).and_then(handlers::metrics)
 }
 
 /// GET /qr.svg?payRecordId=123: the demo page's payment QR code

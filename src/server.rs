@@ -65,6 +65,22 @@ fn builder(h2_max_streams: u32) -> auto::Builder<TokioExecutor> {
     http
 }
 
+/// Serves only `GET /metrics` of `app` on `listener` (`--metrics-bind`, an
+/// internal address) until `shutdown` completes. warp's own server: this
+/// address is not exposed to clients, so it needs none of the main loop's
+/// limits.
+pub async fn run_metrics(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes::metrics_only(app))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then stops
 /// accepting, ends every open stream and waits up to [`SHUTDOWN_GRACE`] for
 /// connections to close.

@@ -3,10 +3,14 @@
 //! `Host`, the demo page switch, `/metrics` on its own address, redacted
 //! Redis URLs, start-up warnings and the browser-side headers.
 
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
 
 use crate::helpers::spawn_app;
 
@@ -280,4 +284,148 @@ async fn no_demo_page_turns_the_page_its_files_and_the_qr_code_off() {
     }
     assert_eq!(app.get("/healthz").await.status(), 200);
     assert_eq!(app.callback("1310", None).await.status(), 200);
+}
+
+/// The built binary, started in a fresh temporary folder (it may keep data
+/// in its working directory), with its log collected.
+struct Started {
+    _child: Child,
+    _dir: tempfile::TempDir,
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Started {
+    /// Everything logged so far.
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+/// The address logged after `marker` (`listening on http://`) in `line`.
+fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let rest = line.split(marker).nth(1)?;
+    rest.split(['/', ' ']).next()?.parse().ok()
+}
+
+/// Starts the binary with these flags and environment, and waits until it listens.
+async fn start_binary(flags: &[&str], env: &[(&str, &str)]) -> Started {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_paypush"))
+        .args(["--bind", "127.0.0.1:0"])
+        .args(flags)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let log = Arc::new(Mutex::new(String::new()));
+    let mut metrics_addr = None;
+    let addr = tokio::time::timeout(crate::helpers::PATIENCE, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.lock().unwrap().push_str(&format!("{line}\n"));
+            metrics_addr = metrics_addr.or(address_after(&line, "metrics on http://"));
+            if let Some(addr) = address_after(&line, "listening on http://") {
+                return addr;
+            }
+        }
+        panic!("paypush exited before listening:\n{}", log.lock().unwrap());
+    })
+    .await
+    .expect("paypush starts in time");
+    let collected = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            collected.lock().unwrap().push_str(&format!("{line}\n"));
+        }
+    });
+    Started {
+        _child: child,
+        _dir: dir,
+        addr,
+        metrics_addr,
+        log,
+    }
+}
+
+#[tokio::test]
+async fn metrics_bind_serves_metrics_on_its_own_address_and_the_main_one_answers_404() {
+    let paypush = start_binary(&["--metrics-bind", "127.0.0.1:0"], &[]).await;
+    let metrics = paypush.metrics_addr.expect("the metrics address is logged");
+    let client = reqwest::Client::new();
+    let internal = client
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(internal.status(), 200);
+    assert!(internal
+        .text()
+        .await
+        .unwrap()
+        .contains("paypush_callbacks_total"));
+    let public = client
+        .get(format!("http://{}/metrics", paypush.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 404);
+    let body: serde_json::Value = public.json().await.unwrap();
+    assert_eq!(body["error"], "not_found");
+}
+
+#[tokio::test]
+async fn an_invalid_redis_url_is_reported_with_its_password_hidden() {
+    let url = "redis://admin:hunter2-redis@127.0.0.1:notaport/0";
+    for (flags, env) in [
+        (vec!["--redis-url", url], vec![]),
+        (vec![], vec![("PAYPUSH_REDIS_URL", url)]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_paypush"))
+            .args(["--bind", "127.0.0.1:0"])
+            .args(&flags)
+            .envs(env)
+            .current_dir(dir.path())
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+        assert!(
+            stderr.contains("redis://admin:***@127.0.0.1:notaport/0"),
+            "{stderr}"
+        );
+    }
+}
+
+/// The start-up warning about a missing subscribe secret.
+const OPEN_STREAMS_WARNING: &str = "no subscribe secret";
+
+#[tokio::test]
+async fn a_callback_secret_without_a_subscribe_secret_warns_at_start_up() {
+    let paypush = start_binary(&[], &[("PAYPUSH_CALLBACK_SECRET", "cb-secret")]).await;
+    let log = paypush.log();
+    assert!(log.contains(OPEN_STREAMS_WARNING), "{log}");
+    assert!(log.contains("PAYPUSH_SUBSCRIBE_SECRET"), "{log}");
+}
+
+#[tokio::test]
+async fn both_secrets_start_without_the_open_streams_warning() {
+    let paypush = start_binary(
+        &[],
+        &[
+            ("PAYPUSH_CALLBACK_SECRET", "cb-secret"),
+            ("PAYPUSH_SUBSCRIBE_SECRET", "sub-secret"),
+        ],
+    )
+    .await;
+    let log = paypush.log();
+    assert!(!log.contains(OPEN_STREAMS_WARNING), "{log}");
 }
