@@ -221,7 +221,7 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallib
         StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
             log::debug!("refused: {}", error.code())
         }
-        _ => log::warn!("refused: {} ({})", error.code(), error.message()),
+        _ => crate::refusals::refused(error.code(), error.message()),
     }
     Ok(error.into_response())
 }

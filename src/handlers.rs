@@ -235,7 +235,8 @@ pub async fn callback(request: CallbackRequest, app: App) -> Result<Response, Re
             (outcome, true)
         }
         Completion::Conflict(outcome) => {
-            log::warn!(
+            // The refusal itself is logged (rate-limited) with the error.
+            log::debug!(
                 "callback {id} {status}: conflicts with recorded {}",
                 outcome.status
             );

@@ -429,3 +429,68 @@ async fn both_secrets_start_without_the_open_streams_warning() {
     let log = paypush.log();
     assert!(!log.contains(OPEN_STREAMS_WARNING), "{log}");
 }
+
+/// How many refused requests the log-flood test sends.
+const FLOOD: usize = 1_500;
+
+/// The refusals a log line accounts for: 1 for a single one, else its "N more".
+fn refusals_in(line: &str) -> u64 {
+    let more = line
+        .split(" more ")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    match more {
+        Some(n) if line.contains(" more in the last second") => n,
+        Some(n) => n + 1,
+        None => 1,
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_refused_callbacks_writes_one_log_line_a_second_with_the_count() {
+    let paypush = start_binary(&[], &[("PAYPUSH_CALLBACK_SECRET", "cb-secret")]).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/pay-callback?payRecordId=1311", paypush.addr);
+    let started = Instant::now();
+    let senders: Vec<_> = (0..10)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                for _ in 0..FLOOD / 10 {
+                    let answer = client.get(&url).send().await.unwrap();
+                    assert_eq!(answer.status(), 401);
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let flood_seconds = started.elapsed().as_secs();
+    let lines = || -> Vec<String> {
+        paypush
+            .log()
+            .lines()
+            .filter(|line| line.contains("refused: invalid_signature"))
+            .map(str::to_string)
+            .collect()
+    };
+    // The last second's summary comes when that second is over.
+    let deadline = Instant::now() + crate::helpers::PATIENCE;
+    while lines().iter().map(|line| refusals_in(line)).sum::<u64>() < FLOOD as u64 {
+        assert!(Instant::now() < deadline, "{:#?}", lines());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines = lines();
+    assert_eq!(
+        lines.iter().map(|line| refusals_in(line)).sum::<u64>(),
+        FLOOD as u64,
+        "{lines:#?}"
+    );
+    assert!(
+        lines.len() as u64 <= flood_seconds + 3,
+        "{} lines in {flood_seconds} s: {lines:#?}",
+        lines.len()
+    );
+}
