@@ -455,6 +455,55 @@ const SHOP_PAGE: &str = r#"<!doctype html>
                                 (e) => { document.body.dataset.answer = "blocked"; });
 </script>"#;
 
+/// Records every Content-Security-Policy violation of the page in
+/// `document.body.dataset.blocked`, then opens a WebSocket to the page's own
+/// origin and, half a second later, one to another origin (the control).
+const OPEN_WEBSOCKETS: &str = r#"
+  document.body.dataset.blocked = '';
+  document.addEventListener('securitypolicyviolation', (e) => {
+    document.body.dataset.blocked += e.violatedDirective + ' ' + e.blockedURI + ';';
+  });
+  const open = (url) => {
+    try { new WebSocket(url); } catch (e) { document.body.dataset.blocked += 'threw ' + url + ';'; }
+  };
+  open('ws://' + location.host + '/ws?payRecordId=1');
+  setTimeout(() => open('ws://127.0.0.2:9/elsewhere'), 500);
+"#;
+
+#[tokio::test]
+async fn the_demo_pages_csp_lets_it_open_its_own_websocket_and_nothing_elsewhere() {
+    with_page("the_demo_pages_csp", |page| async move {
+        let app = spawn_app(&[]).await;
+        page.open(&app, "/").await;
+        page.wait_for("the pending event", |s| s.state == "waiting")
+            .await;
+        page.client
+            .execute(OPEN_WEBSOCKETS, vec![])
+            .await
+            .expect("open the sockets");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let blocked = loop {
+            let blocked = page
+                .client
+                .execute("return document.body.dataset.blocked || '';", vec![])
+                .await
+                .expect("read the page");
+            let blocked = blocked.as_str().unwrap_or_default().to_string();
+            if blocked.contains("127.0.0.2") {
+                break blocked;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the other origin's WebSocket was not blocked: {blocked:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        };
+        assert!(blocked.contains("connect-src"), "{blocked}");
+        assert!(!blocked.contains(&app.addr.to_string()), "{blocked}");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_page_on_an_allowed_origin_subscribes_and_posts_across_origins() {
     with_page("a_page_on_an_allowed_origin", |page| async move {
