@@ -139,7 +139,12 @@ async fn serve(config: Config) -> ExitCode {
     );
     server::run(listener, app, shutdown).await;
     if let Some(metrics_server) = metrics_server {
-        let _ = metrics_server.await;
+        if tokio::time::timeout(server::SHUTDOWN_GRACE, metrics_server)
+            .await
+            .is_err()
+        {
+            log::warn!("the metrics address still had open connections at exit");
+        }
     }
     log::info!("paypush stopped");
     ExitCode::SUCCESS

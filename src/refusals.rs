@@ -42,8 +42,8 @@ fn windows() -> MutexGuard<'static, BTreeMap<&'static str, Window>> {
 }
 
 /// Logs the refusal `code` with `message`, or counts it when a line of that
-/// kind was written less than [`LOG_INTERVAL`] ago. Call it from within the
-/// tokio runtime: a counted refusal's summary is written by a timer task.
+/// kind was written less than [`LOG_INTERVAL`] ago. The summary of counted
+/// refusals is written by a timer task on the current tokio runtime.
 pub fn refused(code: &'static str, message: String) {
     let now = Instant::now();
     let mut windows = windows();
@@ -52,7 +52,13 @@ pub fn refused(code: &'static str, message: String) {
             window.unlogged += 1;
             window.last_message = message;
             if window.unlogged == 1 {
-                tokio::spawn(write_summary(code, window.logged_at + LOG_INTERVAL));
+                let at = window.logged_at + LOG_INTERVAL;
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => drop(runtime.spawn(write_summary(code, at))),
+                    // No runtime to wait on: the next line of this kind
+                    // reports the count instead.
+                    Err(_) => log::debug!("refused: {code}: no runtime for the summary"),
+                }
             }
         }
         _ => {

@@ -102,16 +102,8 @@ pub fn readyz(app: App) -> impl Filter<Extract = (Response,), Error = Rejection>
 
 /// GET /metrics (on the main address unless `--metrics-bind` moves it)
 pub fn metrics(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let here = app.config.metrics_bind.is_none();
     warp::path!("metrics")
-        .and(warp::any().and_then(move || async move {
-            if here {
-                Ok(())
-            } else {
-                Err(warp::reject::not_found())
-            }
-        }))
-        .untuple_one()
+        .and(served_if(app.config.metrics_bind.is_none()))
         .and(metrics_here(app))
 }
 
@@ -139,7 +131,7 @@ fn metrics_here(app: App) -> impl Filter<Extract = (Response,), Error = Rejectio
 /// GET /qr.svg?payRecordId=123: the demo page's payment QR code
 pub fn qr_svg(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("qr.svg")
-        .and(demo_page(&app))
+        .and(served_if(!app.config.no_demo_page))
         .and(warp::get())
         .and(query_pairs())
         .and(warp::host::optional())
@@ -149,7 +141,7 @@ pub fn qr_svg(app: App) -> impl Filter<Extract = (Response,), Error = Rejection>
 
 /// GET /, GET /<file>: the demo page and its assets
 pub fn static_files(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    demo_page(&app)
+    served_if(!app.config.no_demo_page)
         .and(warp::path::tail())
         .and(with_app(app))
         .and_then(|tail: warp::path::Tail, app: App| async move {
@@ -159,10 +151,9 @@ pub fn static_files(app: App) -> impl Filter<Extract = (Response,), Error = Reje
         .map(handlers::static_file)
 }
 
-/// Passes while the demo page is served; with `--no-demo-page` its routes
-/// are not found.
-fn demo_page(app: &App) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    let served = !app.config.no_demo_page;
+/// Passes when `served`, else rejects as not found: the routes that
+/// `--no-demo-page` or `--metrics-bind` take off the main address.
+fn served_if(served: bool) -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::any()
         .and_then(move || async move {
             if served {
