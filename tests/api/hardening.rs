@@ -4,15 +4,14 @@
 //! Redis URLs, start-up warnings and the browser-side headers.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{
+    paypush_command, spawn_app, spawn_binary, start_binary, temp_dir, Binary, PATIENCE,
+};
 
 /// The contract's deadline for a body, plus room for a loaded machine.
 const BODY_DEADLINE_AND_SLACK: Duration = Duration::from_secs(15);
@@ -247,7 +246,7 @@ async fn get_with_host(app: &crate::helpers::TestApp, path: &str, host: &str) ->
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
-    tokio::time::timeout(crate::helpers::PATIENCE, tcp.read_to_end(&mut answer))
+    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer))
         .await
         .expect("an answer in time")
         .unwrap();
@@ -286,77 +285,28 @@ async fn no_demo_page_turns_the_page_its_files_and_the_qr_code_off() {
     assert_eq!(app.callback("1310", None).await.status(), 200);
 }
 
-/// The built binary, started in a fresh temporary folder (it may keep data
-/// in its working directory), with its log collected.
-struct Started {
-    _child: Child,
-    _dir: tempfile::TempDir,
-    addr: SocketAddr,
-    metrics_addr: Option<SocketAddr>,
-    log: Arc<Mutex<String>>,
+/// The built binary with these flags and environment, in a fresh temporary
+/// working directory, once it listens.
+async fn binary_with_env(flags: &[&str], env: &[(&str, &str)]) -> Binary {
+    let dir = temp_dir();
+    let mut command = paypush_command(dir.path());
+    command.envs(env.iter().copied());
+    let mut binary = start_binary(command, flags).await;
+    binary.dir = Some(dir);
+    binary
 }
 
-impl Started {
-    /// Everything logged so far.
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-/// The address logged after `marker` (`listening on http://`) in `line`.
-fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
-    let rest = line.split(marker).nth(1)?;
-    rest.split(['/', ' ']).next()?.parse().ok()
-}
-
-/// Starts the binary with these flags and environment, and waits until it listens.
-async fn start_binary(flags: &[&str], env: &[(&str, &str)]) -> Started {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_paypush"))
-        .args(["--bind", "127.0.0.1:0"])
-        .args(flags)
-        .envs(env.iter().copied())
-        .env("RUST_LOG", "info")
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let log = Arc::new(Mutex::new(String::new()));
-    let mut metrics_addr = None;
-    let addr = tokio::time::timeout(crate::helpers::PATIENCE, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            log.lock().unwrap().push_str(&format!("{line}\n"));
-            metrics_addr = metrics_addr.or(address_after(&line, "metrics on http://"));
-            if let Some(addr) = address_after(&line, "listening on http://") {
-                return addr;
-            }
-        }
-        panic!("paypush exited before listening:\n{}", log.lock().unwrap());
-    })
-    .await
-    .expect("paypush starts in time");
-    let collected = log.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            collected.lock().unwrap().push_str(&format!("{line}\n"));
-        }
-    });
-    Started {
-        _child: child,
-        _dir: dir,
-        addr,
-        metrics_addr,
-        log,
-    }
+/// The address logged after `marker` (`metrics on http://`) in `log`.
+fn address_after(log: &str, marker: &str) -> Option<SocketAddr> {
+    let rest = log.split(marker).nth(1)?;
+    rest.split(['/', ' ', '\n']).next()?.parse().ok()
 }
 
 #[tokio::test]
 async fn metrics_bind_serves_metrics_on_its_own_address_and_the_main_one_answers_404() {
-    let paypush = start_binary(&["--metrics-bind", "127.0.0.1:0"], &[]).await;
-    let metrics = paypush.metrics_addr.expect("the metrics address is logged");
+    let paypush = spawn_binary(&["--metrics-bind", "127.0.0.1:0"]).await;
+    let metrics = address_after(&paypush.logged(), "metrics on http://")
+        .expect("the metrics address is logged");
     let client = reqwest::Client::new();
     let internal = client
         .get(format!("http://{metrics}/metrics"))
@@ -386,8 +336,8 @@ async fn an_invalid_redis_url_is_reported_with_its_password_hidden() {
         (vec!["--redis-url", url], vec![]),
         (vec![], vec![("PAYPUSH_REDIS_URL", url)]),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let output = Command::new(env!("CARGO_BIN_EXE_paypush"))
+        let dir = temp_dir();
+        let output = paypush_command(dir.path())
             .args(["--bind", "127.0.0.1:0"])
             .args(&flags)
             .envs(env)
@@ -410,15 +360,15 @@ const OPEN_STREAMS_WARNING: &str = "no subscribe secret";
 
 #[tokio::test]
 async fn a_callback_secret_without_a_subscribe_secret_warns_at_start_up() {
-    let paypush = start_binary(&[], &[("PAYPUSH_CALLBACK_SECRET", "cb-secret")]).await;
-    let log = paypush.log();
+    let paypush = binary_with_env(&[], &[("PAYPUSH_CALLBACK_SECRET", "cb-secret")]).await;
+    let log = paypush.logged();
     assert!(log.contains(OPEN_STREAMS_WARNING), "{log}");
     assert!(log.contains("PAYPUSH_SUBSCRIBE_SECRET"), "{log}");
 }
 
 #[tokio::test]
 async fn both_secrets_start_without_the_open_streams_warning() {
-    let paypush = start_binary(
+    let paypush = binary_with_env(
         &[],
         &[
             ("PAYPUSH_CALLBACK_SECRET", "cb-secret"),
@@ -426,7 +376,7 @@ async fn both_secrets_start_without_the_open_streams_warning() {
         ],
     )
     .await;
-    let log = paypush.log();
+    let log = paypush.logged();
     assert!(!log.contains(OPEN_STREAMS_WARNING), "{log}");
 }
 
@@ -449,7 +399,7 @@ fn refusals_in(line: &str) -> u64 {
 
 #[tokio::test]
 async fn a_flood_of_refused_callbacks_writes_one_log_line_a_second_with_the_count() {
-    let paypush = start_binary(&[], &[("PAYPUSH_CALLBACK_SECRET", "cb-secret")]).await;
+    let paypush = binary_with_env(&[], &[("PAYPUSH_CALLBACK_SECRET", "cb-secret")]).await;
     let client = reqwest::Client::new();
     let url = format!("http://{}/pay-callback?payRecordId=1311", paypush.addr);
     let started = Instant::now();
@@ -470,14 +420,14 @@ async fn a_flood_of_refused_callbacks_writes_one_log_line_a_second_with_the_coun
     let flood_seconds = started.elapsed().as_secs();
     let lines = || -> Vec<String> {
         paypush
-            .log()
+            .logged()
             .lines()
             .filter(|line| line.contains("refused: invalid_signature"))
             .map(str::to_string)
             .collect()
     };
     // The last second's summary comes when that second is over.
-    let deadline = Instant::now() + crate::helpers::PATIENCE;
+    let deadline = Instant::now() + PATIENCE;
     while lines().iter().map(|line| refusals_in(line)).sum::<u64>() < FLOOD as u64 {
         assert!(Instant::now() < deadline, "{:#?}", lines());
         tokio::time::sleep(Duration::from_millis(100)).await;
