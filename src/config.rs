@@ -268,6 +268,10 @@ impl TypedValueParser for RedisUrlParser {
 /// `url` with its password (and any `pass`/`password` query value) shown as
 /// `***`: `redis://user:***@host:6379/0`. A user part without `:` may be a
 /// password alone, and is hidden whole.
+///
+/// By hand rather than with the `url` crate: the URLs shown are the ones that
+/// failed to parse (a bad port, a stray character), which `url` would refuse
+/// too, so the text is cut at `://`, the last `@` and the query instead.
 pub fn redact_url(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let rest = match rest.rfind('@') {

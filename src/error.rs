@@ -144,9 +144,10 @@ impl ApiError {
             ApiError::NotFound => "No such route.".into(),
             ApiError::MethodNotAllowed => "This route does not accept that HTTP method.".into(),
             ApiError::PayloadTooLarge => "The request body is over 16 KiB.".into(),
-            ApiError::RequestTimeout => {
-                "The request body did not arrive within 10 seconds of its headers.".into()
-            }
+            ApiError::RequestTimeout => format!(
+                "The request body did not arrive within {} seconds of its headers.",
+                crate::routes::BODY_READ_TIMEOUT.as_secs()
+            ),
             ApiError::UnsupportedMediaType => {
                 "Send the callback as application/x-www-form-urlencoded or application/json.".into()
             }

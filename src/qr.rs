@@ -26,6 +26,9 @@ use crate::model::PayRecordId;
 /// would not fit in many more): a QR code of a few hundred bytes costs well
 /// under a millisecond, of 2 KB about 19 ms.
 pub const MAX_HOST_BYTES: usize = 255;
+/// The refusal of a longer `Host` says the number.
+const HOST_TOO_LONG: &str = "the Host header is over 255 bytes";
+const _: () = assert!(MAX_HOST_BYTES == 255, "update HOST_TOO_LONG");
 
 /// Color of the dark modules.
 const DARK: &str = "#111827";
@@ -43,7 +46,7 @@ pub async fn qr_svg(
     let base = match (&app.config.public_url, host) {
         (Some(public_url), _) => Some(public_url.clone()),
         (None, Some(host)) if host.as_str().len() > MAX_HOST_BYTES => {
-            return Err(ApiError::InvalidRequest("the Host header is over 255 bytes").into());
+            return Err(ApiError::InvalidRequest(HOST_TOO_LONG).into());
         }
         (None, host) => host.map(|host| format!("http://{host}")),
     };
