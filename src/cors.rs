@@ -8,13 +8,15 @@
 //! `Access-Control-*` header at all, preflights included. So [`ListedOrigins`]
 //! sends only requests from a listed origin through tower-http's layer; every
 //! other request goes straight to the app (an `OPTIONS` then being a normal
-//! request: `405` or `404` JSON).
+//! request: `405` or `404` JSON), and its answer only gets `Vary: Origin`, so
+//! that a shared cache never hands it to a listed origin.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::future::Either;
+use futures_util::future::{Either, MapOk};
+use futures_util::TryFutureExt;
 use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 use warp::http::{header, HeaderName, HeaderValue, Method, Request, Response};
@@ -101,7 +103,10 @@ where
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = Either<tower_http::cors::ResponseFuture<S::Future>, S::Future>;
+    type Future = Either<
+        tower_http::cors::ResponseFuture<S::Future>,
+        MapOk<S::Future, fn(Response<ResBody>) -> Response<ResBody>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         match self.inner.poll_ready(cx) {
@@ -114,7 +119,19 @@ where
         if self.is_cors(&request) {
             Either::Left(self.cors.call(request))
         } else {
-            Either::Right(self.inner.call(request))
+            Either::Right(
+                self.inner
+                    .call(request)
+                    .map_ok(vary_on_origin as fn(_) -> _),
+            )
         }
     }
+}
+
+/// Adds `Vary: Origin` to an answer given without CORS headers.
+fn vary_on_origin<B>(mut response: Response<B>) -> Response<B> {
+    response
+        .headers_mut()
+        .append(header::VARY, HeaderValue::from_static("origin"));
+    response
 }

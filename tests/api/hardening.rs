@@ -141,6 +141,8 @@ async fn an_unlisted_origin_gets_no_cors_header_on_push_callbacks_or_unknown_rou
     ] {
         let answer = cors_request(reqwest::Method::GET, path, &[("origin", UNLISTED)]).await;
         assert_eq!(cors_headers(&answer), vec![], "{path}");
+        // So that a shared cache never gives this answer to a listed origin.
+        assert_eq!(answer.headers()["vary"], "origin", "{path}");
     }
 }
 
