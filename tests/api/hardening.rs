@@ -451,3 +451,29 @@ async fn a_flood_of_refused_callbacks_writes_one_log_line_a_second_with_the_coun
         lines.len()
     );
 }
+
+#[tokio::test]
+async fn a_body_that_stalls_over_h2c_gets_408_json() {
+    let app = spawn_app(&[]).await;
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let first_byte = futures_util::stream::once(async { Ok::<_, std::io::Error>("{") });
+    let stalled = futures_util::StreamExt::chain(first_byte, futures_util::stream::pending());
+    let answer = tokio::time::timeout(
+        BODY_DEADLINE_AND_SLACK,
+        h2c.post(app.url("/pay-callback"))
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(stalled))
+            .send(),
+    )
+    .await
+    .expect("an answer within the body deadline")
+    .unwrap();
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+    assert_eq!(answer.status(), 408);
+    assert_eq!(answer.headers()["x-content-type-options"], "nosniff");
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "request_timeout");
+}
