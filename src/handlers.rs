@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use warp::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY};
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Rejection;
@@ -20,6 +20,14 @@ use crate::model::{single, Callback, CallbackJson, Outcome, PayRecordId};
 use crate::signature::{self, SignatureError, SignatureHeaders, SignedParts};
 use crate::sse;
 use crate::store::StoreError;
+
+/// The demo page's `Content-Security-Policy`: everything from its own origin
+/// only (`'self'` covers its `EventSource`, `fetch` and same-origin
+/// WebSocket), no inline script or style, no plugins, no `<base>`, forms
+/// only to itself, and no framing (clickjacking).
+pub const DEMO_PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+     form-action 'self'; frame-ancestors 'none'";
 
 /// The files of `static/`, built into the binary.
 static STATIC_FILES: include_dir::Dir<'_> = include_dir::include_dir!("$CARGO_MANIFEST_DIR/static");
@@ -227,7 +235,8 @@ pub async fn callback(request: CallbackRequest, app: App) -> Result<Response, Re
             (outcome, true)
         }
         Completion::Conflict(outcome) => {
-            log::warn!(
+            // The refusal itself is logged (rate-limited) with the error.
+            log::debug!(
                 "callback {id} {status}: conflicts with recorded {}",
                 outcome.status
             );
@@ -296,6 +305,12 @@ pub fn static_file((name, contents): StaticFile) -> Response {
         headers.insert(CONTENT_TYPE, value);
     }
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(DEMO_PAGE_CSP),
+    );
+    // The page's URL may hold a subscribe token: never send it elsewhere.
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     response
 }
 

@@ -18,10 +18,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_http::cors::{AllowOrigin, CorsLayer};
-use warp::http::{header, HeaderName, HeaderValue, Method};
+use tower_http::set_header::SetResponseHeaderLayer;
+use warp::http::{header, HeaderValue};
 
 use crate::app::App;
+use crate::cors::ListedOrigins;
 use crate::routes;
 
 /// Request line and headers above this size get `431`: hyper reads at most
@@ -64,36 +65,20 @@ fn builder(h2_max_streams: u32) -> auto::Builder<TokioExecutor> {
     http
 }
 
-/// How long browsers may cache a CORS preflight answer.
-const CORS_MAX_AGE: Duration = Duration::from_secs(600);
-
-/// CORS for the `--allow-origin` list, or none. tower-http's layer rather
-/// than warp's `cors` filter: warp's answers `403` to any other origin, which
-/// would also refuse same-origin POSTs (browsers send `Origin` on those),
-/// where the contract wants other origins simply to get no CORS headers.
-fn cors(origins: &[String]) -> Option<CorsLayer> {
-    let origins: Vec<HeaderValue> = origins
-        .iter()
-        .filter_map(|origin| HeaderValue::from_str(origin).ok())
-        .collect();
-    if origins.is_empty() {
-        return None;
-    }
-    Some(
-        CorsLayer::new()
-            .allow_origin(AllowOrigin::list(origins))
-            .allow_credentials(true)
-            .allow_methods([Method::GET, Method::POST])
-            .allow_headers([
-                header::CONTENT_TYPE,
-                header::CACHE_CONTROL,
-                HeaderName::from_static("last-event-id"),
-                HeaderName::from_static("paypush-timestamp"),
-                HeaderName::from_static("paypush-nonce"),
-                HeaderName::from_static("paypush-signature"),
-            ])
-            .max_age(CORS_MAX_AGE),
-    )
+/// Serves only `GET /metrics` of `app` on `listener` (`--metrics-bind`, an
+/// internal address) until `shutdown` completes. warp's own server: this
+/// address is not exposed to clients, so it needs none of the main loop's
+/// limits.
+pub async fn run_metrics(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes::metrics_only(app))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops
@@ -101,7 +86,12 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 /// connections to close.
 pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
     let service = ServiceBuilder::new()
-        .option_layer(cors(&app.config.allow_origin))
+        // Outermost: CORS preflight answers get it too.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .option_layer(ListedOrigins::new(&app.config.allow_origin))
         // Boxed: each connection and each request then clones one `Arc`
         // instead of the whole filter tree (an `App` per route), and a
         // request's filter future is freed once its response has started,

@@ -4,6 +4,7 @@ mod callback;
 mod deploy;
 mod errors;
 mod h2c;
+mod hardening;
 mod helpers;
 mod lifecycle;
 mod push;
