@@ -54,6 +54,8 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     /// The body is over the limit.
     PayloadTooLarge,
+    /// The body did not arrive in time (see [`crate::routes::BODY_READ_TIMEOUT`]).
+    RequestTimeout,
     /// The body is neither form-encoded nor JSON.
     UnsupportedMediaType,
     /// Something paypush did not expect; logged.
@@ -87,6 +89,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -111,6 +114,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Internal => "internal_error",
         }
@@ -135,7 +139,7 @@ impl ApiError {
             }
             ApiError::InvalidRequest(why) => format!("The request cannot be read: {why}."),
             ApiError::Unavailable(why) => format!("Unavailable: {why}; retry later."),
-            ApiError::NotReady => "Not ready: the outcome store (Redis) cannot be reached.".into(),
+            ApiError::NotReady => "Not ready: the outcome store (the data folder, or Redis) cannot take outcomes now.".into(),
             ApiError::OutcomeConflict(outcome) => format!(
                 "Payment {} already has the outcome {}; the first outcome wins.",
                 outcome.pay_record_id, outcome.status
@@ -150,6 +154,10 @@ impl ApiError {
                 format!("This route does not accept that HTTP method; it accepts {allow}.")
             }
             ApiError::PayloadTooLarge => "The request body is over 16 KiB.".into(),
+            ApiError::RequestTimeout => format!(
+                "The request body did not arrive within {} seconds of its headers.",
+                crate::routes::BODY_READ_TIMEOUT.as_secs()
+            ),
             ApiError::UnsupportedMediaType => {
                 "Send the callback as application/x-www-form-urlencoded or application/json.".into()
             }
@@ -191,6 +199,13 @@ impl Reply for ApiError {
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
+        if matches!(self, ApiError::RequestTimeout) {
+            // The rest of the body may still come: the connection cannot be
+            // reused, and must not stay held by the slow client.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -225,7 +240,7 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallib
         StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
             log::debug!("refused: {}", error.code())
         }
-        _ => log::warn!("refused: {} ({})", error.code(), error.message()),
+        _ => crate::refusals::refused(error.code(), error.message()),
     }
     Ok(error.into_response())
 }
@@ -242,6 +257,7 @@ impl From<InvalidCallback> for ApiError {
             InvalidCallback::PayRecordId => ApiError::InvalidPayRecordId,
             InvalidCallback::Status => ApiError::InvalidStatus,
             InvalidCallback::NotAnObject => ApiError::InvalidBody("it must be a JSON object"),
+            InvalidCallback::RepeatedKey => ApiError::InvalidBody("a key is repeated"),
         }
     }
 }

@@ -1,11 +1,15 @@
 //! paypush's HTTP contract, proven against real servers over real TCP.
 
 mod callback;
+mod deploy;
 mod errors;
+mod h2c;
+mod hardening;
 mod helpers;
 mod lifecycle;
 mod push;
 mod qr;
 mod security;
 mod status;
+mod store;
 mod ws;
