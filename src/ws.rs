@@ -119,9 +119,9 @@ pub async fn upgrade(
     let id = authorize(&app, &query)?;
     if let Some(origin) = headers.get(ORIGIN) {
         // An Origin that is not plain ASCII is no browser's: refused too.
-        let allowed = origin.to_str().is_ok_and(|origin| {
-            origin_allowed(origin, header(&headers, HOST), &app.config.allow_origin)
-        });
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|origin| origin_allowed(origin, header(&headers, HOST), &app));
         if !allowed {
             return Err(ApiError::ForbiddenOrigin.into());
         }
@@ -201,15 +201,35 @@ fn config() -> WebSocketConfig {
 
 /// Whether a browser page of `origin` may open a socket: the server's own
 /// origin (same host and port as the request's `Host`, whatever the scheme
-/// in front of a proxy) or an `--allow-origin` one.
-fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
-    if allowed.iter().any(|allowed| allowed == origin) {
+/// in front of a proxy, or the origin of `--public-url`) or an
+/// `--allow-origin` one.
+fn origin_allowed(origin: &str, host: Option<&str>, app: &App) -> bool {
+    if app
+        .config
+        .allow_origin
+        .iter()
+        .any(|allowed| allowed == origin)
+    {
+        return true;
+    }
+    let public = app.config.public_url.as_deref().map(origin_of);
+    if public.is_some_and(|public| public.eq_ignore_ascii_case(origin)) {
         return true;
     }
     let authority = origin
         .strip_prefix("https://")
         .or_else(|| origin.strip_prefix("http://"));
     matches!((authority, host), (Some(authority), Some(host)) if authority.eq_ignore_ascii_case(host))
+}
+
+/// The origin of a URL: `https://pay.example.com/checkout` gives
+/// `https://pay.example.com`.
+fn origin_of(url: &str) -> &str {
+    let authority_start = url.find("://").map_or(0, |at| at + 3);
+    match url[authority_start..].find('/') {
+        Some(path) => &url[..authority_start + path],
+        None => url,
+    }
 }
 
 /// One socket's life after the `101`.
@@ -327,4 +347,21 @@ fn text(value: &impl serde::Serialize) -> Message {
 /// The outcome frame: exactly the SSE outcome event's data.
 fn outcome_frame(outcome: &Outcome) -> Message {
     text(&outcome.event_json())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_origin_of_a_url_drops_its_path() {
+        assert_eq!(
+            origin_of("https://pay.example.com"),
+            "https://pay.example.com"
+        );
+        assert_eq!(
+            origin_of("https://pay.example.com:8443/checkout/x"),
+            "https://pay.example.com:8443"
+        );
+    }
 }

@@ -174,6 +174,19 @@ async fn own_origin_allowed_origins_and_no_origin_are_accepted() {
 }
 
 #[tokio::test]
+async fn the_origin_of_the_public_url_is_accepted() {
+    let app = spawn_app(&["--public-url", "https://pay.example.com/checkout"]).await;
+    let path = "/ws?payRecordId=216";
+    let headers = [("origin", "https://pay.example.com")];
+    let mut client = app.try_ws(path, &headers).await.expect("accepted");
+    assert_eq!(next_json(&mut client).await["status"], "PENDING");
+    let (status, _) = app
+        .ws_refused(path, &[("origin", "https://pay.example.com.evil.test")])
+        .await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
 async fn shutdown_closes_waiting_websockets_with_1001() {
     let mut app = spawn_app(&[]).await;
     let mut client = app.ws_pending("212").await;
