@@ -130,6 +130,9 @@ pub enum Command {
         /// The request body (empty for GET).
         #[arg(long, default_value = "")]
         body: String,
+        /// The request's Content-Type; its type/subtype is signed [default: none for GET, application/x-www-form-urlencoded for POST (what curl -d sends)].
+        #[arg(long, value_name = "TYPE")]
+        content_type: Option<String>,
     },
     /// Print the subscribe token of a payment.
     Token {

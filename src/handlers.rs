@@ -85,9 +85,17 @@ impl CallbackRequest {
         let Some(secret) = &app.config.callback_secret else {
             return Ok(());
         };
+        // Signed as sent: a header that is not text signs (and so matches)
+        // nothing but its lossy reading, and is refused later as 415.
+        let media_type = self
+            .headers
+            .get(CONTENT_TYPE)
+            .map(|v| signature::media_type(&String::from_utf8_lossy(v.as_bytes())))
+            .unwrap_or_default();
         let parts = SignedParts {
             method: self.method.as_str(),
             path_and_query: &self.path_and_query,
+            media_type: &media_type,
             body: &self.body,
         };
         let headers = SignatureHeaders::parse(&self.headers)?;
