@@ -249,11 +249,16 @@ fn parse_block(block: &str) -> SseEvent {
 pub struct Binary {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Its working directory, removed when dropped: a served binary writes
+    /// nothing into the checkout.
+    pub _dir: tempfile::TempDir,
 }
 
 /// Starts the built binary on a free port and waits for its start-up line.
 pub async fn spawn_binary(flags: &[&str]) -> Binary {
+    let dir = tempfile::tempdir().expect("a working directory");
     let mut child = Command::new(env!("CARGO_BIN_EXE_paypush"))
+        .current_dir(dir.path())
         .args(["--bind", "127.0.0.1:0"])
         .args(flags)
         .env("RUST_LOG", "info")
@@ -277,5 +282,9 @@ pub async fn spawn_binary(flags: &[&str]) -> Binary {
     .expect("paypush starts in time");
     // Keep draining its log so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Binary { child, addr }
+    Binary {
+        child,
+        addr,
+        _dir: dir,
+    }
 }
