@@ -63,6 +63,8 @@ async fn main() -> ExitCode {
             path,
             body,
             content_type,
+            timestamp,
+            nonce,
         }) => {
             let Some(secret) = secret else {
                 return missing_secret("PAYPUSH_CALLBACK_SECRET");
@@ -75,7 +77,10 @@ async fn main() -> ExitCode {
                 media_type: &media_type,
                 body: body.as_bytes(),
             };
-            for (name, value) in signature::sign(&secret, parts, SystemTime::now()) {
+            let timestamp = timestamp.unwrap_or_else(|| signature::unix_seconds(SystemTime::now()));
+            let nonce = nonce.unwrap_or_else(signature::fresh_nonce);
+            let headers = signature::sign_with(&secret, parts, timestamp.to_string(), nonce);
+            for (name, value) in headers {
                 println!("{name}: {value}");
             }
             ExitCode::SUCCESS

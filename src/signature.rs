@@ -202,8 +202,21 @@ pub fn sign(
     parts: SignedParts<'_>,
     now: SystemTime,
 ) -> [(&'static str, String); 3] {
-    let timestamp = unix_seconds(now).to_string();
-    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    sign_with(secret, parts, unix_seconds(now).to_string(), fresh_nonce())
+}
+
+/// A random nonce: 32 hex digits.
+pub fn fresh_nonce() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// The three headers for a request signed with this timestamp and nonce.
+pub fn sign_with(
+    secret: &Secret,
+    parts: SignedParts<'_>,
+    timestamp: String,
+    nonce: String,
+) -> [(&'static str, String); 3] {
     let signature = signature_of(secret, &timestamp, &nonce, parts);
     [
         (TIMESTAMP_HEADER, timestamp),
@@ -284,14 +297,16 @@ fn parse_timestamp(text: &str) -> Result<i64, SignatureError> {
     text.parse().map_err(|_| SignatureError::MalformedTimestamp)
 }
 
-fn is_valid_nonce(nonce: &str) -> bool {
+/// Whether `nonce` is 16 to 64 characters of `[A-Za-z0-9_-]`.
+pub fn is_valid_nonce(nonce: &str) -> bool {
     NONCE_LENGTH.contains(&nonce.len())
         && nonce
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn unix_seconds(time: SystemTime) -> i64 {
+/// `time` in Unix seconds (negative before 1970).
+pub fn unix_seconds(time: SystemTime) -> i64 {
     match time.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
