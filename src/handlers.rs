@@ -224,6 +224,18 @@ pub async fn readyz(app: App) -> Result<Response, Rejection> {
     Ok(warp::reply::json(&serde_json::json!({ "status": "ready" })).into_response())
 }
 
+/// The OpenAPI 3.1 document of the contract, built into the binary.
+pub const OPENAPI_YAML: &str = include_str!("../docs/openapi.yaml");
+
+/// `GET /openapi.yaml`
+pub async fn openapi() -> Result<Response, Rejection> {
+    let mut response = OPENAPI_YAML.into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
 /// `GET /metrics`
 pub async fn metrics(app: App) -> Result<Response, Rejection> {
     let text = app.metrics.render(app.hub.stats()).map_err(|e| {

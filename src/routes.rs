@@ -37,6 +37,8 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
         .unify()
         .or(qr_svg())
         .unify()
+        .or(openapi())
+        .unify()
         .or(static_files(app))
         .unify()
         .recover(handle_rejection)
@@ -110,6 +112,13 @@ pub fn qr_svg() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone
         .and(query_pairs())
         .and(warp::host::optional())
         .and_then(qr::qr_svg)
+}
+
+/// GET /openapi.yaml: this API in OpenAPI 3.1 (docs/openapi.yaml)
+pub fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("openapi.yaml")
+        .and(warp::get())
+        .and_then(handlers::openapi)
 }
 
 /// GET /, GET /<file>: the demo page and its assets

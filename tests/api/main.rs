@@ -4,6 +4,7 @@ mod callback;
 mod errors;
 mod helpers;
 mod lifecycle;
+mod openapi;
 mod push;
 mod qr;
 mod security;
