@@ -8,14 +8,29 @@ use crate::config::Config;
 use crate::hub::{Hub, Limits};
 use crate::metrics::Metrics;
 use crate::signature::NONCE_MEMORY;
+use crate::store::{OpenError, Store, StoreConfig};
 
 /// Why the app could not be built.
 #[derive(Debug)]
-pub struct StartError(pub String);
+pub struct StartError {
+    /// One line saying what is wrong.
+    pub message: String,
+    /// True when the configuration (not the machine) is at fault: exit 2.
+    pub usage: bool,
+}
+
+impl StartError {
+    fn failure(message: String) -> StartError {
+        StartError {
+            message,
+            usage: false,
+        }
+    }
+}
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -36,6 +51,8 @@ pub struct App {
 
 impl App {
     /// Builds the app; `open_file_limit` sizes the default stream limit.
+    /// Without Redis and `--in-memory`, opens the store and reads it back
+    /// first, so the app serves what earlier runs answered.
     pub fn new(config: Config, open_file_limit: u64) -> Result<App, StartError> {
         let limits = Limits {
             max_streams: config.stream_limit(open_file_limit),
@@ -43,18 +60,43 @@ impl App {
                 .unwrap_or(usize::MAX),
             outcome_ttl: config.outcome_ttl,
             nonce_memory: NONCE_MEMORY,
+            max_outcomes: usize::try_from(config.max_outcomes).unwrap_or(usize::MAX),
         };
-        let hub = Hub::new(limits);
+        let metrics = Metrics::new()
+            .map_err(|e| StartError::failure(format!("cannot set up metrics: {e}")))?;
+        let hub =
+            if config.redis_url.is_some() || config.in_memory {
+                Hub::new(limits)
+            } else {
+                let store_config = StoreConfig {
+                    dir: config.data_dir.clone(),
+                    durability: config.durability,
+                    outcome_ttl: config.outcome_ttl,
+                    nonce_memory: NONCE_MEMORY,
+                };
+                let (store, replay) = Store::open(store_config, metrics.store_sync_seconds())
+                    .map_err(|e| StartError {
+                        usage: matches!(e, OpenError::Locked(_)),
+                        message: e.to_string(),
+                    })?;
+                Hub::with_store(limits, store, replay.records)
+            };
         let backplane = Backplane::new(config.redis_url.as_ref(), config.outcome_ttl)
-            .map_err(|e| StartError(format!("cannot use Redis: {}", e.0)))?;
+            .map_err(|e| StartError::failure(format!("cannot use Redis: {}", e.0)))?;
         backplane.start(&hub);
-        let metrics =
-            Metrics::new().map_err(|e| StartError(format!("cannot set up metrics: {e}")))?;
         Ok(App {
             hub,
             backplane,
             metrics: Arc::new(metrics),
             config: Arc::new(config),
         })
+    }
+
+    /// Says how outcomes are kept, without credentials, for the start-up line.
+    pub fn describe(&self) -> String {
+        match self.hub.store() {
+            Some(store) => store.describe(),
+            None => self.backplane.describe(),
+        }
     }
 }

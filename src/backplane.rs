@@ -32,7 +32,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use tokio::sync::OnceCell;
 
-use crate::hub::{Completion, Hub, NonceCheck};
+use crate::hub::{Completion, Hub, NonceCheck, Refusal, Stored};
 use crate::model::{Outcome, PayRecordId, Status};
 
 /// The channel every instance publishes outcomes on and listens to.
@@ -91,6 +91,15 @@ impl From<redis::RedisError> for Unavailable {
     fn from(e: redis::RedisError) -> Self {
         Unavailable(e.to_string())
     }
+}
+
+/// Why a callback's outcome was not recorded.
+#[derive(Debug)]
+pub enum RecordError {
+    /// Redis failed or did not answer in time.
+    Redis(Unavailable),
+    /// The hub refused it (full, or its store cannot write).
+    Refused(Refusal),
 }
 
 /// In memory, or over Redis.
@@ -155,20 +164,16 @@ impl Backplane {
 
     /// Records `outcome` unless the payment has one (first wins) and delivers
     /// it to this instance's streams; in Redis mode, to every instance's.
-    pub async fn record(&self, hub: &Hub, outcome: Outcome) -> Result<Completion, Unavailable> {
+    pub async fn record(&self, hub: &Hub, outcome: Outcome) -> Result<Completion, RecordError> {
         let Backplane::Redis(redis) = self else {
-            return Ok(hub.complete(outcome));
+            return hub.complete(outcome).await.map_err(RecordError::Refused);
         };
-        let recorded = redis.record(&outcome).await?;
+        let recorded = redis.record(&outcome).await.map_err(RecordError::Redis)?;
         Ok(match recorded {
-            None => match hub.complete(outcome.clone()) {
-                recorded @ Completion::Recorded { .. } => recorded,
-                // Redis decided: this hub still remembered an outcome that
-                // Redis has forgotten (it restarted empty), with no waiters.
-                Completion::Duplicate(_) | Completion::Conflict(_) => Completion::Recorded {
-                    outcome: Arc::new(outcome),
-                    notified: 0,
-                },
+            // Redis keeps it; this hub only hands it to its own streams.
+            None => Completion::Recorded {
+                notified: hub.deliver(outcome.clone()),
+                outcome: Arc::new(outcome),
             },
             Some(recorded) => {
                 // Make sure this instance's streams have it too.
@@ -200,7 +205,12 @@ impl Backplane {
     }
 
     /// Remembers a signed callback's nonce, cluster-wide in Redis mode.
-    pub async fn remember_nonce(&self, hub: &Hub, nonce: &str) -> Result<NonceCheck, Unavailable> {
+    /// Wait for the returned [`Stored`] before answering.
+    pub async fn remember_nonce(
+        &self,
+        hub: &Hub,
+        nonce: &str,
+    ) -> Result<(NonceCheck, Stored), Unavailable> {
         let Backplane::Redis(redis) = self else {
             return Ok(hub.remember_nonce(nonce));
         };
@@ -211,11 +221,12 @@ impl Backplane {
             .with_expiration(redis::SetExpiry::PX(millis(memory)));
         let set: Option<String> =
             with_timeout(commands.set_options(format!("{NONCE_KEY}{nonce}"), 1, options)).await?;
-        Ok(if set.is_some() {
+        let check = if set.is_some() {
             NonceCheck::Fresh
         } else {
             NonceCheck::Replayed
-        })
+        };
+        Ok((check, Stored::now()))
     }
 
     /// Whether callbacks can be accepted: always in memory mode; in Redis

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::backplane::RedisUrl;
 use crate::model::PayRecordId;
 use crate::signature::Secret;
+use crate::store::Durability;
 
 /// Default listen address.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
@@ -21,6 +22,10 @@ pub const DEFAULT_KEEP_ALIVE: &str = "15s";
 pub const DEFAULT_OUTCOME_TTL: &str = "15m";
 /// Default cap of waiting streams per payment.
 pub const DEFAULT_MAX_STREAMS_PER_PAYMENT: &str = "16";
+/// Default data folder of the store, in the working directory.
+pub const DEFAULT_DATA_DIR: &str = "paypush-data";
+/// Default bound on remembered outcomes.
+pub const DEFAULT_MAX_OUTCOMES: &str = "5000000";
 /// File descriptors kept free for callbacks, Redis, the listener and logs when
 /// the total stream limit is sized from the open-file limit.
 pub const RESERVED_FDS: u64 = 512;
@@ -97,6 +102,23 @@ pub struct Config {
         hide_env_values = true
     )]
     pub redis_url: Option<RedisUrl>,
+
+    /// Keep outcomes and nonces in this folder, so they survive restarts (created if missing, mode 0700; unused in Redis mode).
+    #[arg(long, env = "PAYPUSH_DATA_DIR", default_value = DEFAULT_DATA_DIR, value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// When a callback is answered: after fdatasync (disk: survives a power cut) or once the OS has the data (process: survives a crash of paypush).
+    #[arg(long, env = "PAYPUSH_DURABILITY", default_value = "disk", value_enum)]
+    pub durability: Durability,
+
+    /// Keep outcomes in memory only: nothing on disk, outcomes lost on restart.
+    #[arg(long, env = "PAYPUSH_IN_MEMORY")]
+    pub in_memory: bool,
+
+    /// Outcomes remembered at once; beyond it, new outcomes get 503 (none is evicted).
+    #[arg(long, env = "PAYPUSH_MAX_OUTCOMES", value_name = "N", default_value = DEFAULT_MAX_OUTCOMES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_outcomes: u64,
 
     /// Answer these origins' cross-origin requests (comma-separated, e.g. https://shop.example.com).
     #[arg(long, env = "PAYPUSH_ALLOW_ORIGIN", value_name = "LIST", value_delimiter = ',',
@@ -218,6 +240,10 @@ mod tests {
         assert_eq!(config.outcome_ttl, Duration::from_secs(900));
         assert_eq!(config.max_streams_per_payment, 16);
         assert_eq!(config.stream_limit(20_000), 19_488);
+        assert_eq!(config.data_dir, PathBuf::from("paypush-data"));
+        assert_eq!(config.durability, Durability::Disk);
+        assert!(!config.in_memory);
+        assert_eq!(config.max_outcomes, 5_000_000);
     }
 
     #[test]

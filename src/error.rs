@@ -127,7 +127,7 @@ impl ApiError {
             }
             ApiError::InvalidRequest(why) => format!("The request cannot be read: {why}."),
             ApiError::Unavailable(why) => format!("Unavailable: {why}; retry later."),
-            ApiError::NotReady => "Not ready: the outcome store (Redis) cannot be reached.".into(),
+            ApiError::NotReady => "Not ready: the outcome store (the data folder, or Redis) cannot take outcomes now.".into(),
             ApiError::OutcomeConflict(outcome) => format!(
                 "Payment {} already has the outcome {}; the first outcome wins.",
                 outcome.pay_record_id, outcome.status

@@ -12,13 +12,14 @@ use warp::reply::{Reply, Response};
 use warp::Rejection;
 
 use crate::app::App;
-use crate::backplane::Unavailable;
+use crate::backplane::{RecordError, Unavailable};
 use crate::error::ApiError;
-use crate::hub::{Completion, NonceCheck, SubscribeError, Subscription};
+use crate::hub::{Completion, NonceCheck, Refusal, Stored, SubscribeError, Subscription};
 use crate::metrics::CallbackResult;
 use crate::model::{single, Callback, CallbackJson, Outcome, PayRecordId};
 use crate::signature::{self, SignatureError, SignatureHeaders, SignedParts};
 use crate::sse;
+use crate::store::StoreError;
 
 /// The files of `static/`, built into the binary.
 static STATIC_FILES: include_dir::Dir<'_> = include_dir::include_dir!("$CARGO_MANIFEST_DIR/static");
@@ -80,10 +81,11 @@ pub struct CallbackRequest {
 
 impl CallbackRequest {
     /// Checks the signature headers when a callback secret is set; the nonce
-    /// is remembered only once every other check has passed.
-    async fn authenticate(&self, app: &App) -> Result<(), ApiError> {
+    /// is remembered only once every other check has passed. The returned
+    /// [`Stored`] resolves once the nonce is durable.
+    async fn authenticate(&self, app: &App) -> Result<Stored, ApiError> {
         let Some(secret) = &app.config.callback_secret else {
-            return Ok(());
+            return Ok(Stored::now());
         };
         // Signed as sent: a header that is not text signs (and so matches)
         // nothing but its lossy reading, and is refused later as 415.
@@ -100,13 +102,13 @@ impl CallbackRequest {
         };
         let headers = SignatureHeaders::parse(&self.headers)?;
         headers.verify(secret, parts, SystemTime::now())?;
-        let check = app
+        let (check, stored) = app
             .backplane
             .remember_nonce(&app.hub, &headers.nonce)
             .await
             .map_err(unavailable)?;
         match check {
-            NonceCheck::Fresh => Ok(()),
+            NonceCheck::Fresh => Ok(stored),
             NonceCheck::Replayed => Err(SignatureError::ReplayedNonce.into()),
             NonceCheck::Full => Err(ApiError::Unavailable("too many signed callbacks at once")),
         }
@@ -167,10 +169,28 @@ fn unavailable(e: Unavailable) -> ApiError {
     ApiError::Unavailable("the outcome store (Redis) cannot be reached")
 }
 
+/// The store could not make a record durable: the client should retry.
+fn store_failed(e: StoreError) -> ApiError {
+    log::debug!("store failed: {e}");
+    ApiError::Unavailable("the outcome store cannot write")
+}
+
+/// Why a callback's outcome was not recorded, as the API says it.
+fn not_recorded(app: &App, error: RecordError) -> ApiError {
+    match error {
+        RecordError::Redis(e) => unavailable(e),
+        RecordError::Refused(Refusal::Store(e)) => store_failed(e),
+        RecordError::Refused(Refusal::Full) => {
+            app.metrics.outcome_refused();
+            ApiError::Unavailable("as many outcomes as --max-outcomes allows are remembered")
+        }
+    }
+}
+
 /// `/pay-callback`: authenticates and parses the request, records the
 /// outcome (first one wins) and pushes it to every waiting stream.
 pub async fn callback(request: CallbackRequest, app: App) -> Result<Response, Rejection> {
-    request.authenticate(&app).await?;
+    let nonce = request.authenticate(&app).await?;
     let Callback {
         pay_record_id: id,
         status,
@@ -179,7 +199,10 @@ pub async fn callback(request: CallbackRequest, app: App) -> Result<Response, Re
         .backplane
         .record(&app.hub, Outcome::new(id, status))
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| not_recorded(&app, e))?;
+    // The nonce went to the store before the outcome, so this rarely waits;
+    // a replay after a restart must still be refused.
+    nonce.wait().await.map_err(store_failed)?;
     let (outcome, duplicate) = match completion {
         Completion::Recorded { outcome, notified } => {
             log::info!("callback {id} {status}: recorded, {notified} streams notified");
@@ -218,7 +241,7 @@ pub async fn healthz() -> Result<Response, Rejection> {
 /// `GET /readyz`: ready to accept callbacks (in Redis mode: Redis answers
 /// and the subscriber connection is up).
 pub async fn readyz(app: App) -> Result<Response, Rejection> {
-    if !app.backplane.ready().await {
+    if !app.hub.ready() || !app.backplane.ready().await {
         return Err(ApiError::NotReady.into());
     }
     Ok(warp::reply::json(&serde_json::json!({ "status": "ready" })).into_response())

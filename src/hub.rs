@@ -11,17 +11,24 @@
 //! deadlines are already in order in a FIFO queue: setting one and purging
 //! one are O(1), with no tree to keep.
 //!
+//! With a [`Store`] (the default single-process mode), a new outcome is
+//! *storing* until the store says it is durable: streams keep waiting, and a
+//! callback repeating or contradicting it waits for the same write, so
+//! nothing sees an outcome that a crash could still take back. Only then is
+//! it *done* and sent.
+//!
 //! The lock is a `std::sync::Mutex`: nothing awaits while holding it, and it is
 //! held for map operations only, released before any sender fires.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::Instant;
 
 use crate::model::{Outcome, PayRecordId};
+use crate::store::{Record, Store, StoreError};
 
 /// The hub's bounds, from the configuration.
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +41,9 @@ pub struct Limits {
     pub outcome_ttl: Duration,
     /// How long a signed callback's nonce is remembered, to refuse replays.
     pub nonce_memory: Duration,
+    /// Outcomes remembered at once; a new one beyond it is refused, never
+    /// making room by forgetting one.
+    pub max_outcomes: usize,
 }
 
 /// A handle to the hub; clones share the same state.
@@ -50,6 +60,8 @@ struct Shared {
     /// Flips to true once, on shutdown, for tasks that outlive requests.
     closed: watch::Sender<bool>,
     limits: Limits,
+    /// Makes outcomes and nonces durable; none in memory and Redis modes.
+    store: Option<Store>,
 }
 
 #[derive(Debug, Default)]
@@ -61,7 +73,7 @@ struct State {
     outcome_deadlines: VecDeque<(Instant, PayRecordId)>,
     /// Nonce deadlines, oldest first.
     nonce_deadlines: VecDeque<(Instant, String)>,
-    /// Outcomes remembered now.
+    /// Outcomes remembered now, storing ones included.
     recorded_outcomes: usize,
     /// Waiting streams alive now, across all payments.
     open_streams: usize,
@@ -83,6 +95,13 @@ impl State {
 #[derive(Debug)]
 enum Entry {
     Waiting(Vec<Waiter>),
+    /// Decided, and being made durable by the store.
+    Storing {
+        outcome: Arc<Outcome>,
+        waiters: Vec<Waiter>,
+        /// Callbacks repeating or contradicting it, waiting for the same write.
+        callers: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    },
     Done {
         outcome: Arc<Outcome>,
         expires_at: Instant,
@@ -90,11 +109,11 @@ enum Entry {
 }
 
 impl Entry {
-    /// The senders of a waiting entry; none for a done one.
-    fn into_waiters(self) -> Vec<Waiter> {
+    /// The streams waiting on this entry; none once it is done.
+    fn waiters_mut(&mut self) -> Option<&mut Vec<Waiter>> {
         match self {
-            Entry::Waiting(waiters) => waiters,
-            Entry::Done { .. } => Vec::new(),
+            Entry::Waiting(waiters) | Entry::Storing { waiters, .. } => Some(waiters),
+            Entry::Done { .. } => None,
         }
     }
 }
@@ -151,6 +170,48 @@ pub enum Completion {
     Conflict(Arc<Outcome>),
 }
 
+/// Why a callback's outcome was not recorded; the provider should retry.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// [`Limits::max_outcomes`] outcomes are remembered already.
+    Full,
+    /// The store could not make it durable.
+    Store(StoreError),
+}
+
+/// Resolves once a record handed to the store is durable (at once without a store).
+#[derive(Debug)]
+pub struct Stored(Option<oneshot::Receiver<Result<(), StoreError>>>);
+
+impl Stored {
+    /// Nothing to wait for.
+    pub fn now() -> Stored {
+        Stored(None)
+    }
+
+    /// Waits until the record is durable, or could not be stored.
+    pub async fn wait(self) -> Result<(), StoreError> {
+        match self.0 {
+            None => Ok(()),
+            Some(receiver) => receiver.await.unwrap_or_else(|_| Err(writer_gone())),
+        }
+    }
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::from("the store's writer has stopped")
+}
+
+/// What [`Hub::decide`] made of a callback.
+enum Decision {
+    /// Decided at once (a duplicate or conflict of a done outcome).
+    Settled(Completion),
+    /// A new outcome, now storing: make it durable, then send it.
+    Store(Arc<Outcome>),
+    /// An outcome is storing already: wait for its write, then compare.
+    Wait(Arc<Outcome>, oneshot::Receiver<Result<(), StoreError>>),
+}
+
 /// What [`Hub::remember_nonce`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceCheck {
@@ -175,17 +236,33 @@ pub struct Stats {
     pub waiting_payments: usize,
     /// Outcomes remembered now.
     pub recorded_outcomes: usize,
+    /// Bytes of the store's live segments (none without a store).
+    pub store_bytes: Option<u64>,
 }
 
 impl Hub {
-    /// Creates a hub and spawns its purge task; must run inside a tokio runtime.
+    /// Creates a hub without a store (in-memory and Redis modes) and spawns
+    /// its purge task; must run inside a tokio runtime.
     pub fn new(limits: Limits) -> Hub {
+        Hub::build(limits, None)
+    }
+
+    /// Creates a hub whose outcomes and nonces `store` makes durable, holding
+    /// `records` read back from it at start-up.
+    pub fn with_store(limits: Limits, store: Store, records: Vec<Record>) -> Hub {
+        let hub = Hub::build(limits, Some(store));
+        hub.restore(records);
+        hub
+    }
+
+    fn build(limits: Limits, store: Option<Store>) -> Hub {
         let hub = Hub {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 purge_task: Notify::new(),
                 closed: watch::Sender::new(false),
                 limits,
+                store,
             }),
         };
         tokio::spawn(purge_expired_outcomes(hub.clone()));
@@ -197,6 +274,17 @@ impl Hub {
         self.shared.limits
     }
 
+    /// The store, if outcomes are kept on disk.
+    pub fn store(&self) -> Option<&Store> {
+        self.shared.store.as_ref()
+    }
+
+    /// Whether new outcomes can be recorded: always without a store, else
+    /// while the store writes.
+    pub fn ready(&self) -> bool {
+        self.store().is_none_or(Store::is_healthy)
+    }
+
     /// Registers a stream for `id`, or returns its recorded outcome.
     pub fn subscribe(&self, id: PayRecordId) -> Result<Subscription, SubscribeError> {
         let limits = self.shared.limits;
@@ -204,29 +292,33 @@ impl Hub {
         if state.shutdown {
             return Err(SubscribeError::ShuttingDown);
         }
-        match state.payments.get(&id) {
-            Some(Entry::Done { outcome, .. }) => {
-                return Ok(Subscription::Recorded(outcome.clone()))
-            }
-            Some(Entry::Waiting(waiters)) if waiters.len() >= limits.max_streams_per_payment => {
-                return Err(SubscribeError::TooManyStreams);
-            }
-            _ => {}
-        }
-        if state.open_streams >= limits.max_streams {
-            return Err(SubscribeError::OverCapacity);
-        }
+        let open_streams = state.open_streams;
         let waiter = state.next_waiter;
-        state.next_waiter += 1;
-        state.open_streams += 1;
-        let (sender, receiver) = oneshot::channel();
-        if let Entry::Waiting(waiters) = state
+        let entry = state
             .payments
             .entry(id)
-            .or_insert_with(|| Entry::Waiting(Vec::new()))
-        {
-            waiters.push(Waiter { id: waiter, sender });
+            .or_insert_with(|| Entry::Waiting(Vec::new()));
+        let waiters = match entry {
+            Entry::Done { outcome, .. } => return Ok(Subscription::Recorded(outcome.clone())),
+            Entry::Waiting(waiters) | Entry::Storing { waiters, .. } => waiters,
+        };
+        let refused = if waiters.len() >= limits.max_streams_per_payment {
+            Some(SubscribeError::TooManyStreams)
+        } else if open_streams >= limits.max_streams {
+            Some(SubscribeError::OverCapacity)
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            if matches!(entry, Entry::Waiting(waiters) if waiters.is_empty()) {
+                state.payments.remove(&id);
+            }
+            return Err(refused);
         }
+        let (sender, receiver) = oneshot::channel();
+        waiters.push(Waiter { id: waiter, sender });
+        state.next_waiter += 1;
+        state.open_streams += 1;
         Ok(Subscription::Waiting(Waiting {
             receiver,
             hub: self.clone(),
@@ -235,78 +327,223 @@ impl Hub {
         }))
     }
 
-    /// Records `outcome` unless its payment has one, then sends it to every
-    /// waiting stream of the payment. First outcome wins.
-    pub fn complete(&self, outcome: Outcome) -> Completion {
-        self.settle(outcome, true)
+    /// Records `outcome` unless its payment has one (first outcome wins),
+    /// makes it durable (with a store), then sends it to every waiting
+    /// stream of the payment. A callback repeating or contradicting an
+    /// outcome still being stored waits for that write before it answers.
+    pub async fn complete(&self, outcome: Outcome) -> Result<Completion, Refusal> {
+        let status = outcome.status;
+        match self.decide(outcome)? {
+            Decision::Settled(completion) => Ok(completion),
+            Decision::Store(outcome) => {
+                let notified = self.store_outcome(outcome.clone()).await?;
+                Ok(Completion::Recorded { outcome, notified })
+            }
+            Decision::Wait(recorded, stored) => {
+                stored
+                    .await
+                    .unwrap_or_else(|_| Err(writer_gone()))
+                    .map_err(Refusal::Store)?;
+                Ok(if recorded.status == status {
+                    Completion::Duplicate(recorded)
+                } else {
+                    Completion::Conflict(recorded)
+                })
+            }
+        }
     }
 
     /// Hands an outcome recorded elsewhere (another instance, via Redis) to
     /// the streams waiting here, and remembers it only if any waits: an
-    /// instance does not keep every outcome of the cluster. Returns how many
-    /// streams it reached.
+    /// instance does not keep every outcome of the cluster, and Redis, not
+    /// this hub's store, keeps it. Returns how many streams it reached.
     pub fn deliver(&self, outcome: Outcome) -> usize {
-        match self.settle(outcome, false) {
-            Completion::Recorded { notified, .. } => notified,
-            Completion::Duplicate(_) | Completion::Conflict(_) => 0,
-        }
+        let id = outcome.pay_record_id;
+        let mut state = self.lock();
+        let waiters = match state.payments.get_mut(&id) {
+            Some(Entry::Waiting(waiters)) => std::mem::take(waiters),
+            _ => return 0,
+        };
+        let outcome = Arc::new(outcome);
+        state.recorded_outcomes += 1;
+        let wake = self.set_done(&mut state, id, outcome.clone());
+        drop(state);
+        self.wake_purge_task_if(wake);
+        notify(waiters, &outcome)
     }
 
-    /// `complete` and `deliver`: with `remember_unwatched` false, an outcome
-    /// nobody waits for is not kept (and reported as reaching no stream).
-    fn settle(&self, outcome: Outcome, remember_unwatched: bool) -> Completion {
+    /// First outcome wins: what a callback's outcome does to its payment.
+    fn decide(&self, outcome: Outcome) -> Result<Decision, Refusal> {
         let id = outcome.pay_record_id;
-        let outcome = Arc::new(outcome);
         let mut state = self.lock();
-        let expires_at = Instant::now() + self.shared.limits.outcome_ttl;
-        let done = Entry::Done {
-            outcome: outcome.clone(),
-            expires_at,
-        };
         let waiters = match state.payments.get_mut(&id) {
             Some(Entry::Done {
                 outcome: recorded, ..
             }) => {
-                return if recorded.status == outcome.status {
+                return Ok(Decision::Settled(if recorded.status == outcome.status {
                     Completion::Duplicate(recorded.clone())
                 } else {
                     Completion::Conflict(recorded.clone())
-                };
+                }));
             }
-            Some(entry) => std::mem::replace(entry, done).into_waiters(),
-            None if !remember_unwatched => {
-                return Completion::Recorded {
-                    outcome,
-                    notified: 0,
-                }
+            Some(Entry::Storing {
+                outcome: recorded,
+                callers,
+                ..
+            }) => {
+                let (sender, receiver) = oneshot::channel();
+                callers.push(sender);
+                return Ok(Decision::Wait(recorded.clone(), receiver));
             }
-            None => {
-                state.payments.insert(id, done);
-                Vec::new()
-            }
+            Some(Entry::Waiting(waiters)) => std::mem::take(waiters),
+            None => Vec::new(),
         };
+        if state.recorded_outcomes >= self.shared.limits.max_outcomes {
+            if !waiters.is_empty() {
+                state.payments.insert(id, Entry::Waiting(waiters));
+            }
+            return Err(Refusal::Full);
+        }
+        let outcome = Arc::new(outcome);
         state.recorded_outcomes += 1;
-        let wake = state.next_deadline().is_none_or(|next| expires_at < next);
-        state.outcome_deadlines.push_back((expires_at, id));
+        state.payments.insert(
+            id,
+            Entry::Storing {
+                outcome: outcome.clone(),
+                waiters,
+                callers: Vec::new(),
+            },
+        );
+        Ok(Decision::Store(outcome))
+    }
+
+    /// Makes a storing outcome durable, then done; returns how many streams
+    /// it reached.
+    async fn store_outcome(&self, outcome: Arc<Outcome>) -> Result<usize, Refusal> {
+        let id = outcome.pay_record_id;
+        let Some(store) = self.store() else {
+            return self.stored(id, Ok(()));
+        };
+        let (sender, receiver) = oneshot::channel();
+        let hub = self.clone();
+        // The hub moves on from the writer thread, whether or not this
+        // callback's request is still there to see it.
+        store.append(Record::Outcome((*outcome).clone()), move |result| {
+            let _ = sender.send(hub.stored(id, result));
+        });
+        receiver
+            .await
+            .unwrap_or_else(|_| Err(Refusal::Store(writer_gone())))
+    }
+
+    /// The store's answer for a storing outcome: done and sent to its
+    /// streams, or (on failure) back to waiting, as if never decided.
+    fn stored(&self, id: PayRecordId, result: Result<(), StoreError>) -> Result<usize, Refusal> {
+        let mut state = self.lock();
+        let Some(Entry::Storing {
+            outcome,
+            waiters,
+            callers,
+        }) = state.payments.remove(&id)
+        else {
+            // Only this function ends a storing entry.
+            return result.map(|()| 0).map_err(Refusal::Store);
+        };
+        if let Err(e) = result {
+            state.recorded_outcomes -= 1;
+            if !waiters.is_empty() {
+                state.payments.insert(id, Entry::Waiting(waiters));
+            }
+            drop(state);
+            for caller in callers {
+                let _ = caller.send(Err(e.clone()));
+            }
+            return Err(Refusal::Store(e));
+        }
+        let wake = self.set_done(&mut state, id, outcome.clone());
         drop(state);
         self.wake_purge_task_if(wake);
-        let notified = waiters
-            .into_iter()
-            .map(|waiter| waiter.sender.send(outcome.clone()).is_ok())
-            .filter(|&sent| sent)
-            .count();
-        Completion::Recorded { outcome, notified }
+        let notified = notify(waiters, &outcome);
+        for caller in callers {
+            let _ = caller.send(Ok(()));
+        }
+        Ok(notified)
+    }
+
+    /// Marks `id` done with `outcome` until the TTL; true when the purge
+    /// task must be woken for its deadline.
+    fn set_done(&self, state: &mut State, id: PayRecordId, outcome: Arc<Outcome>) -> bool {
+        let expires_at = Instant::now() + self.shared.limits.outcome_ttl;
+        state.payments.insert(
+            id,
+            Entry::Done {
+                outcome,
+                expires_at,
+            },
+        );
+        let wake = state.next_deadline().is_none_or(|next| expires_at < next);
+        state.outcome_deadlines.push_back((expires_at, id));
+        wake
+    }
+
+    /// Takes back what the store kept: outcomes and nonces within their
+    /// time, each until the deadline it had (counted from its first
+    /// callback, not from now). The first outcome of a payment wins.
+    fn restore(&self, records: Vec<Record>) {
+        let limits = self.shared.limits;
+        let (now, system_now) = (Instant::now(), SystemTime::now());
+        let mut state = self.lock();
+        let (mut outcomes, mut nonces) = (0, 0);
+        for record in records {
+            let retention = match record {
+                Record::Outcome(_) => limits.outcome_ttl,
+                Record::Nonce { .. } => limits.nonce_memory,
+            };
+            let Ok(left) = (record.time() + retention).duration_since(system_now) else {
+                continue;
+            };
+            let expires_at = now + left;
+            match record {
+                Record::Outcome(outcome) => {
+                    let id = outcome.pay_record_id;
+                    if state.payments.contains_key(&id) {
+                        continue;
+                    }
+                    let outcome = Arc::new(outcome);
+                    state.payments.insert(
+                        id,
+                        Entry::Done {
+                            outcome,
+                            expires_at,
+                        },
+                    );
+                    state.outcome_deadlines.push_back((expires_at, id));
+                    state.recorded_outcomes += 1;
+                    outcomes += 1;
+                }
+                Record::Nonce { nonce, .. } => {
+                    if state.nonces.insert(nonce.clone(), expires_at).is_none() {
+                        state.nonce_deadlines.push_back((expires_at, nonce));
+                        nonces += 1;
+                    }
+                }
+            }
+        }
+        drop(state);
+        self.shared.purge_task.notify_one();
+        log::info!("store: restored {outcomes} outcomes and {nonces} nonces");
     }
 
     /// Remembers a signed callback's nonce for the nonce memory, unless it is
-    /// remembered already (a replay).
-    pub fn remember_nonce(&self, nonce: &str) -> NonceCheck {
+    /// remembered already (a replay). With a store, the nonce is made
+    /// durable too: wait for the returned [`Stored`] before answering.
+    pub fn remember_nonce(&self, nonce: &str) -> (NonceCheck, Stored) {
         let mut state = self.lock();
         if state.nonces.contains_key(nonce) {
-            return NonceCheck::Replayed;
+            return (NonceCheck::Replayed, Stored::now());
         }
         if state.nonces.len() >= MAX_NONCES {
-            return NonceCheck::Full;
+            return (NonceCheck::Full, Stored::now());
         }
         let expires_at = Instant::now() + self.shared.limits.nonce_memory;
         let wake = state.next_deadline().is_none_or(|next| expires_at < next);
@@ -316,7 +553,18 @@ impl Hub {
             .push_back((expires_at, nonce.to_string()));
         drop(state);
         self.wake_purge_task_if(wake);
-        NonceCheck::Fresh
+        let Some(store) = self.store() else {
+            return (NonceCheck::Fresh, Stored::now());
+        };
+        let (sender, receiver) = oneshot::channel();
+        let record = Record::Nonce {
+            nonce: nonce.to_string(),
+            seen: SystemTime::now(),
+        };
+        store.append(record, move |result| {
+            let _ = sender.send(result);
+        });
+        (NonceCheck::Fresh, Stored(Some(receiver)))
     }
 
     /// Wakes the purge task when a new deadline is earlier than any it knew.
@@ -331,11 +579,17 @@ impl Hub {
     pub fn shutdown(&self) {
         let mut state = self.lock();
         state.shutdown = true;
-        let waiting: Vec<Entry> = state
+        let mut waiting: Vec<Waiter> = state
             .payments
             .extract_if(|_, entry| matches!(entry, Entry::Waiting(_)))
-            .map(|(_, entry)| entry)
+            .flat_map(|(_, mut entry)| entry.waiters_mut().map(std::mem::take))
+            .flatten()
             .collect();
+        for entry in state.payments.values_mut() {
+            if let Entry::Storing { waiters, .. } = entry {
+                waiting.append(waiters);
+            }
+        }
         drop(state);
         drop(waiting);
         self.shared.purge_task.notify_one();
@@ -361,7 +615,7 @@ impl Hub {
         state
             .payments
             .iter()
-            .filter(|(_, entry)| matches!(entry, Entry::Waiting(_)))
+            .filter(|(_, entry)| !matches!(entry, Entry::Done { .. }))
             .map(|(id, _)| *id)
             .collect()
     }
@@ -373,6 +627,7 @@ impl Hub {
             open_streams: state.open_streams,
             waiting_payments: state.payments.len().saturating_sub(state.recorded_outcomes),
             recorded_outcomes: state.recorded_outcomes,
+            store_bytes: self.store().map(Store::bytes_on_disk),
         }
     }
 
@@ -389,9 +644,12 @@ impl Hub {
     fn forget(&self, id: PayRecordId, waiter: u64) {
         let mut state = self.lock();
         state.open_streams -= 1;
-        if let Some(Entry::Waiting(waiters)) = state.payments.get_mut(&id) {
+        let Some(entry) = state.payments.get_mut(&id) else {
+            return;
+        };
+        if let Some(waiters) = entry.waiters_mut() {
             waiters.retain(|w| w.id != waiter);
-            if waiters.is_empty() {
+            if waiters.is_empty() && matches!(entry, Entry::Waiting(_)) {
                 state.payments.remove(&id);
             }
         }
@@ -441,6 +699,15 @@ impl Drop for Waiting {
     }
 }
 
+/// Sends `outcome` to `waiters`; returns how many were still there.
+fn notify(waiters: Vec<Waiter>, outcome: &Arc<Outcome>) -> usize {
+    waiters
+        .into_iter()
+        .map(|waiter| waiter.sender.send(outcome.clone()).is_ok())
+        .filter(|&sent| sent)
+        .count()
+}
+
 /// The purge task: one per hub, until shutdown.
 async fn purge_expired_outcomes(hub: Hub) {
     while let Ok(next) = hub.purge_expired() {
@@ -468,6 +735,7 @@ mod tests {
             max_streams_per_payment: per_payment,
             outcome_ttl: Duration::from_secs(60),
             nonce_memory: Duration::from_secs(600),
+            max_outcomes: 1_000,
         })
     }
 
@@ -487,7 +755,10 @@ mod tests {
         let hub = hub(10, 10);
         let mut a = waiting(hub.subscribe(id(1)));
         let mut b = waiting(hub.subscribe(id(1)));
-        let completion = hub.complete(Outcome::new(id(1), Status::Success));
+        let completion = hub
+            .complete(Outcome::new(id(1), Status::Success))
+            .await
+            .unwrap();
         assert!(matches!(
             completion,
             Completion::Recorded { notified: 2, .. }
@@ -518,13 +789,15 @@ mod tests {
     #[tokio::test]
     async fn first_outcome_wins() {
         let hub = hub(10, 10);
-        hub.complete(Outcome::new(id(1), Status::Failed));
+        hub.complete(Outcome::new(id(1), Status::Failed))
+            .await
+            .unwrap();
         assert!(matches!(
-            hub.complete(Outcome::new(id(1), Status::Failed)),
+            hub.complete(Outcome::new(id(1), Status::Failed)).await.unwrap(),
             Completion::Duplicate(o) if o.status == Status::Failed
         ));
         assert!(matches!(
-            hub.complete(Outcome::new(id(1), Status::Success)),
+            hub.complete(Outcome::new(id(1), Status::Success)).await.unwrap(),
             Completion::Conflict(o) if o.status == Status::Failed
         ));
         assert!(
@@ -551,7 +824,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn outcomes_expire_after_the_ttl() {
         let hub = hub(10, 10);
-        hub.complete(Outcome::new(id(1), Status::Success));
+        hub.complete(Outcome::new(id(1), Status::Success))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_secs(59)).await;
         assert_eq!(hub.stats().recorded_outcomes, 1);
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -561,10 +836,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn nonces_are_remembered_for_their_window_only() {
         let hub = hub(10, 10);
-        assert_eq!(hub.remember_nonce("abcdefghijklmnop"), NonceCheck::Fresh);
-        assert_eq!(hub.remember_nonce("abcdefghijklmnop"), NonceCheck::Replayed);
+        assert_eq!(hub.remember_nonce("abcdefghijklmnop").0, NonceCheck::Fresh);
+        assert_eq!(
+            hub.remember_nonce("abcdefghijklmnop").0,
+            NonceCheck::Replayed
+        );
         tokio::time::sleep(Duration::from_secs(601)).await;
-        assert_eq!(hub.remember_nonce("abcdefghijklmnop"), NonceCheck::Fresh);
+        assert_eq!(hub.remember_nonce("abcdefghijklmnop").0, NonceCheck::Fresh);
     }
 
     #[tokio::test]
@@ -577,5 +855,105 @@ mod tests {
             hub.subscribe(id(2)).unwrap_err(),
             SubscribeError::ShuttingDown
         );
+    }
+
+    #[tokio::test]
+    async fn new_outcomes_beyond_the_bound_are_refused_and_duplicates_still_answered() {
+        let hub = Hub::new(Limits {
+            max_outcomes: 2,
+            ..hub(10, 10).limits()
+        });
+        for n in 1..=2 {
+            hub.complete(Outcome::new(id(n), Status::Success))
+                .await
+                .unwrap();
+        }
+        assert!(matches!(
+            hub.complete(Outcome::new(id(3), Status::Success)).await,
+            Err(Refusal::Full)
+        ));
+        assert!(matches!(
+            hub.complete(Outcome::new(id(1), Status::Success)).await,
+            Ok(Completion::Duplicate(_))
+        ));
+        assert_eq!(hub.stats().recorded_outcomes, 2);
+    }
+
+    #[tokio::test]
+    async fn a_stream_waiting_through_a_refusal_stays_registered() {
+        let hub = Hub::new(Limits {
+            max_outcomes: 0,
+            ..hub(10, 10).limits()
+        });
+        let _a = waiting(hub.subscribe(id(1)));
+        assert!(hub
+            .complete(Outcome::new(id(1), Status::Success))
+            .await
+            .is_err());
+        assert_eq!(hub.stats().open_streams, 1);
+        assert_eq!(hub.waiting_payments(), vec![id(1)]);
+    }
+
+    /// A hub whose store writes to a fresh folder (kept alive by the caller).
+    fn hub_with_store() -> (Hub, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::store::StoreConfig {
+            dir: dir.path().to_path_buf(),
+            durability: crate::store::Durability::Disk,
+            outcome_ttl: Duration::from_secs(60),
+            nonce_memory: Duration::from_secs(600),
+        };
+        let sync = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("s", "s"));
+        let (store, replay) = Store::open(config, sync.unwrap()).unwrap();
+        assert!(replay.records.is_empty());
+        (
+            Hub::with_store(hub(10, 10).limits(), store, Vec::new()),
+            dir,
+        )
+    }
+
+    /// Whether the folder's segments hold the outcome of payment `n`.
+    fn on_disk(dir: &std::path::Path, n: u64) -> bool {
+        std::fs::read_dir(dir).unwrap().any(|entry| {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let mut record = Vec::new();
+            Record::Outcome(Outcome {
+                pay_record_id: id(n),
+                status: Status::Success,
+                completed_at: SystemTime::UNIX_EPOCH,
+            })
+            .encode(&mut record);
+            // The id's bytes, right after the record's 8-byte header and tag.
+            let id_bytes = &record[9..17];
+            bytes.windows(8).any(|w| w == id_bytes)
+        })
+    }
+
+    #[tokio::test]
+    async fn streams_and_duplicates_see_an_outcome_only_once_it_is_on_disk() {
+        let (hub, dir) = hub_with_store();
+        let mut stream = waiting(hub.subscribe(id(1)));
+        let first = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.complete(Outcome::new(id(1), Status::Success)).await }
+        });
+        let again = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.complete(Outcome::new(id(1), Status::Success)).await }
+        });
+        let again = again.await.unwrap();
+        assert!(on_disk(dir.path(), 1), "answered before it was stored");
+        let outcome = stream.outcome().await.unwrap();
+        assert_eq!(outcome.status, Status::Success);
+        let results = [first.await.unwrap(), again];
+        let recorded = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Completion::Recorded { notified: 1, .. })))
+            .count();
+        let duplicates = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Completion::Duplicate(_))))
+            .count();
+        assert_eq!((recorded, duplicates), (1, 1), "{results:?}");
     }
 }

@@ -38,3 +38,4 @@ pub mod server;
 pub mod shutdown;
 pub mod signature;
 pub mod sse;
+pub mod store;

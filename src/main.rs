@@ -113,7 +113,7 @@ async fn serve(config: Config) -> ExitCode {
         Ok(app) => app,
         Err(e) => {
             log::error!("{e}");
-            return ExitCode::from(EXIT_FAILURE);
+            return ExitCode::from(if e.usage { EXIT_USAGE } else { EXIT_FAILURE });
         }
     };
     let address = listener
@@ -129,7 +129,7 @@ async fn serve(config: Config) -> ExitCode {
     let limits = app.hub.limits();
     log::info!(
         "paypush listening on http://{address} ({}; up to {} streams, {} per payment)",
-        app.backplane.describe(),
+        app.describe(),
         limits.max_streams,
         limits.max_streams_per_payment
     );

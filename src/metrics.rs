@@ -20,6 +20,12 @@ const DELIVERY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
+/// Buckets of the store's fdatasync histogram, in seconds: about 0.35 ms on
+/// a plain cloud disk, far more on a busy or failing one.
+const SYNC_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
+];
+
 /// How a callback ended, the `result` label of `paypush_callbacks_total`.
 #[derive(Debug, Clone, Copy)]
 pub enum CallbackResult {
@@ -61,6 +67,9 @@ pub struct Metrics {
     open_streams: IntGauge,
     waiting_payments: IntGauge,
     recorded_outcomes: IntGauge,
+    outcomes_refused: IntCounter,
+    store_sync_seconds: Histogram,
+    store_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -103,6 +112,21 @@ impl Metrics {
                 "outcomes_recorded",
                 "Outcomes remembered now (until the outcome TTL).",
             )?,
+            outcomes_refused: IntCounter::new(
+                "outcomes_refused_total",
+                "New outcomes refused (503) because --max-outcomes are remembered.",
+            )?,
+            store_sync_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "store_sync_seconds",
+                    "Time of each fdatasync of the store (one per batch of callbacks).",
+                )
+                .buckets(SYNC_BUCKETS.to_vec()),
+            )?,
+            store_bytes: IntGauge::new(
+                "store_bytes",
+                "Bytes of the store's live segment files (0 without a store).",
+            )?,
         };
         let r = &metrics.registry;
         r.register(Box::new(callbacks))?;
@@ -112,6 +136,9 @@ impl Metrics {
         r.register(Box::new(metrics.open_streams.clone()))?;
         r.register(Box::new(metrics.waiting_payments.clone()))?;
         r.register(Box::new(metrics.recorded_outcomes.clone()))?;
+        r.register(Box::new(metrics.outcomes_refused.clone()))?;
+        r.register(Box::new(metrics.store_sync_seconds.clone()))?;
+        r.register(Box::new(metrics.store_bytes.clone()))?;
         Ok(metrics)
     }
 
@@ -128,6 +155,16 @@ impl Metrics {
         }
     }
 
+    /// Counts a new outcome refused over `--max-outcomes`.
+    pub fn outcome_refused(&self) {
+        self.outcomes_refused.inc();
+    }
+
+    /// The histogram the store observes each fdatasync in.
+    pub fn store_sync_seconds(&self) -> Histogram {
+        self.store_sync_seconds.clone()
+    }
+
     /// Counts a stream that timed out.
     pub fn timed_out(&self) {
         self.timeouts.inc();
@@ -138,6 +175,8 @@ impl Metrics {
         self.open_streams.set(gauge(stats.open_streams));
         self.waiting_payments.set(gauge(stats.waiting_payments));
         self.recorded_outcomes.set(gauge(stats.recorded_outcomes));
+        self.store_bytes
+            .set(i64::try_from(stats.store_bytes.unwrap_or(0)).unwrap_or(i64::MAX));
         let mut buffer = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
         String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))

@@ -47,18 +47,26 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A `redis-server` of the test's own, with no persistence.
+/// A `redis-server` of the test's own: no persistence, or an append-only
+/// file in a folder of its own.
 struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// With `appendonly yes`, where its append-only file lives.
+    appendonly: Option<tempfile::TempDir>,
 }
 
 impl RedisServer {
-    async fn start() -> RedisServer {
-        let mut server = RedisServer {
+    fn new() -> RedisServer {
+        RedisServer {
             port: free_port(),
             child: None,
-        };
+            appendonly: None,
+        }
+    }
+
+    async fn start() -> RedisServer {
+        let mut server = RedisServer::new();
         server.restart().await;
         server
     }
@@ -67,11 +75,21 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// (Re)starts it, empty, on the same port, and waits until it answers.
+    /// (Re)starts it on the same port (empty, unless it has an append-only
+    /// file), and waits until it answers.
     async fn restart(&mut self) {
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", ""]);
+        match &self.appendonly {
+            Some(dir) => command
+                .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+                .arg("--dir")
+                .arg(dir.path()),
+            None => command.args(["--appendonly", "no"]),
+        };
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -531,10 +549,7 @@ async fn paypush_started_before_redis_becomes_ready_when_redis_appears() {
     ) {
         return;
     }
-    let mut redis = RedisServer {
-        port: free_port(),
-        child: None,
-    };
+    let mut redis = RedisServer::new();
     let app = spawn_app(&["--redis-url", &redis.url()]).await;
     wait_until_ready(&app, 503).await;
     assert_eq!(app.callback("9", None).await.status(), 503);
@@ -547,4 +562,41 @@ async fn paypush_started_before_redis_becomes_ready_when_redis_appears() {
         stream.next_event().await.unwrap().json()["status"],
         "SUCCESS"
     );
+}
+
+#[tokio::test]
+async fn outcomes_answered_200_survive_a_sigkilled_redis_with_appendonly() {
+    let test = "outcomes_answered_200_survive_a_sigkilled_redis_with_appendonly";
+    if !have("redis-server", "redis-server", test) {
+        return;
+    }
+    let mut redis = RedisServer::new();
+    redis.appendonly = Some(helpers::temp_dir());
+    redis.restart().await;
+    let a = instance(&redis.url(), &[]).await;
+    let mut answered = Vec::new();
+    for id in 1..=50 {
+        let answer = a.callback(&id.to_string(), Some("CLOSED")).await;
+        assert_eq!(answer.status(), 200);
+        let answer: Value = answer.json().await.unwrap();
+        answered.push((id, answer["completedAt"].clone()));
+    }
+
+    redis.stop().await; // SIGKILL
+    redis.restart().await;
+    wait_until_ready(&a, 200).await;
+    let b = instance(&redis.url(), &[]).await;
+    for (id, completed_at) in answered {
+        let again: Value = a
+            .callback(&id.to_string(), Some("CLOSED"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(again["duplicate"], true, "payment {id} was lost");
+        assert_eq!(again["completedAt"], completed_at);
+        let mut late = b.push(&id.to_string()).await;
+        let outcome = late.next_event().await.unwrap();
+        assert_eq!(outcome.json()["completedAt"], completed_at);
+    }
 }

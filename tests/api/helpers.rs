@@ -25,6 +25,18 @@ pub struct TestApp {
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     pub stopped: Option<tokio::task::JoinHandle<()>>,
+    /// The store's folder, unless the flags chose another or none.
+    pub data_dir: Option<tempfile::TempDir>,
+}
+
+/// A fresh temporary folder, removed when dropped: every server a test
+/// starts keeps its store (or its working directory) there, never in the
+/// checkout.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("paypush-test-")
+        .tempdir()
+        .expect("a temporary folder")
 }
 
 /// Starts paypush on a free loopback port with these flags.
@@ -34,7 +46,16 @@ pub async fn spawn_app(flags: &[&str]) -> TestApp {
 
 /// Starts paypush on `addr` (e.g. the port of a server just shut down).
 pub async fn spawn_app_on(addr: &str, flags: &[&str]) -> TestApp {
-    let args = std::iter::once("paypush").chain(flags.iter().copied());
+    let chooses_store = flags
+        .iter()
+        .any(|f| ["--data-dir", "--in-memory", "--redis-url"].contains(f));
+    let data_dir = (!chooses_store).then(temp_dir);
+    let data_flags = data_dir
+        .iter()
+        .flat_map(|dir| ["--data-dir".to_string(), dir.path().display().to_string()]);
+    let args = std::iter::once("paypush".to_string())
+        .chain(flags.iter().map(|f| f.to_string()))
+        .chain(data_flags);
     let config = Cli::try_parse_from(args).expect("valid test flags").serve;
     let listener = TcpListener::bind(addr).await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
@@ -48,6 +69,7 @@ pub async fn spawn_app_on(addr: &str, flags: &[&str]) -> TestApp {
         client: reqwest::Client::new(),
         stop: Some(stop),
         stopped: Some(handle),
+        data_dir,
     }
 }
 
@@ -249,16 +271,58 @@ fn parse_block(block: &str) -> SseEvent {
 pub struct Binary {
     pub child: Child,
     pub addr: SocketAddr,
-    /// Its working directory, removed when dropped: a served binary writes
-    /// nothing into the checkout.
-    pub _dir: tempfile::TempDir,
+    /// Everything it has logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Its temporary working directory, when [`spawn_binary`] made one.
+    pub dir: Option<tempfile::TempDir>,
 }
 
-/// Starts the built binary on a free port and waits for its start-up line.
+impl Binary {
+    /// `http://127.0.0.1:port{path}`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`, ...) and waits for the process to exit.
+    pub async fn stop(&mut self, signal: &str) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("exits in time")
+            .expect("exit status")
+    }
+
+    /// What it has logged so far.
+    pub fn logged(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+}
+
+/// The built binary, to run in `dir` (its default data folder is there).
+pub fn paypush_command(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_paypush"));
+    command.current_dir(dir).kill_on_drop(true);
+    command
+}
+
+/// Starts the built binary on a free port, in a temporary working
+/// directory, and waits for its start-up line.
 pub async fn spawn_binary(flags: &[&str]) -> Binary {
-    let dir = tempfile::tempdir().expect("a working directory");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_paypush"))
-        .current_dir(dir.path())
+    let dir = temp_dir();
+    let mut binary = start_binary(paypush_command(dir.path()), flags).await;
+    binary.dir = Some(dir);
+    binary
+}
+
+/// Starts `command` (from [`paypush_command`]) on a free port with these
+/// flags, and waits for its start-up line.
+pub async fn start_binary(mut command: Command, flags: &[&str]) -> Binary {
+    let mut child = command
         .args(["--bind", "127.0.0.1:0"])
         .args(flags)
         .env("RUST_LOG", "info")
@@ -269,22 +333,34 @@ pub async fn spawn_binary(flags: &[&str]) -> Binary {
         .expect("spawn paypush");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let keep = |line: &str| log.lock().expect("log").push_str(&format!("{line}\n"));
     let addr = tokio::time::timeout(PATIENCE, async {
         while let Ok(Some(line)) = lines.next_line().await {
+            keep(&line);
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let addr = rest.split_whitespace().next().expect("address");
                 return addr.parse().expect("socket address");
             }
         }
-        panic!("paypush exited before listening");
+        panic!(
+            "paypush exited before listening: {}",
+            log.lock().expect("log")
+        );
     })
     .await
     .expect("paypush starts in time");
-    // Keep draining its log so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // Keep reading its log so it never blocks on a full pipe.
+    let kept = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            kept.lock().expect("log").push_str(&format!("{line}\n"));
+        }
+    });
     Binary {
         child,
         addr,
-        _dir: dir,
+        log,
+        dir: None,
     }
 }

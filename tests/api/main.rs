@@ -1,6 +1,7 @@
 //! paypush's HTTP contract, proven against real servers over real TCP.
 
 mod callback;
+mod deploy;
 mod errors;
 mod helpers;
 mod lifecycle;
@@ -8,3 +9,4 @@ mod openapi;
 mod push;
 mod qr;
 mod security;
+mod store;

@@ -594,9 +594,8 @@ async fn secret_on_the_command_line_warns_and_is_never_logged() {
 /// Starts the binary with these flags and environment, stops it with SIGTERM
 /// once it listens, and returns everything it logged.
 async fn spawn_and_collect_log(flags: &[&str], env: &[(&str, &str)]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
-        .current_dir(dir.path())
+    let dir = crate::helpers::temp_dir();
+    let mut child = crate::helpers::paypush_command(dir.path())
         .args(["--bind", "127.0.0.1:0"])
         .args(flags)
         .envs(env.iter().copied())

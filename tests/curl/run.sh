@@ -12,7 +12,9 @@ failed=0
 
 start_server() {
     : >"$work/server.log"
-    (cd "$work/run" && exec "$bin" --bind 127.0.0.1:0 "$@") 2>"$work/server.log" &
+    # Each server runs in a scratch folder and keeps its store in a fresh one.
+    (cd "$work/run" && exec "$bin" --bind 127.0.0.1:0 --data-dir "$(mktemp -d -p "$work")" "$@") \
+        2>"$work/server.log" &
     server=$!
     for _ in $(seq 100); do
         base=$(grep -o 'listening on http://[0-9.:]*' "$work/server.log" | sed 's/listening on //')

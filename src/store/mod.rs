@@ -1,0 +1,598 @@
+//! The store: outcomes and nonces on disk, so that a callback answered `200`
+//! survives a restart, a `SIGKILL` and (with [`Durability::Disk`]) a power cut.
+//!
+//! It sits below the hub: the hub decides (first outcome wins) and hands each
+//! new outcome and nonce to [`Store::append`]; it lets streams, duplicates and
+//! the callback itself see the outcome only once the store says it is
+//! durable. Nothing above the hub touches the store.
+//!
+//! # Design
+//!
+//! An append-only log of time-bucketed segment files (`<unix ms>.seg` in the
+//! data folder), written by one thread:
+//!
+//! - **Group commit.** Callbacks queue their records on a channel; the writer
+//!   takes every record waiting at that moment, writes them with one `write`
+//!   and (durability `disk`) one `fdatasync`, then answers them all. Under
+//!   load, one sync serves a whole batch.
+//! - **Bounded by time, not history.** Every outcome lives the outcome TTL and
+//!   every nonce the nonce memory, so a segment expires whole once its newest
+//!   record has: it is deleted, never rewritten. A new segment starts every
+//!   [`segment_span`], so the folder holds about
+//!   `rate × record size × (max(TTL, nonce memory) + span)`.
+//! - **Torn writes.** Each record carries its length and a CRC-32 (see
+//!   [`record`]); at start-up the first record that is cut short or fails its
+//!   checksum ends its file: it and what follows are dropped with a warning
+//!   (the file is truncated there), everything before is kept.
+//! - **Failed writes are never retried as if they succeeded.** After a failed
+//!   `write` or `fdatasync` the page cache may hold data the disk does not,
+//!   so the segment is abandoned and the batch answered with an error (the
+//!   callbacks get `503`); the next batch, [`RETRY_PAUSE`] later at the
+//!   earliest, starts a fresh segment. Until a write succeeds again the store
+//!   reports itself unhealthy (`/readyz` is `503`).
+//! - **One process per folder.** A lock on `LOCK` (`flock`) held for the
+//!   writer's life; a second paypush on the folder refuses to start.
+
+pub mod record;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use prometheus::Histogram;
+
+pub use record::Record;
+use record::{unix_millis, Read, MAGIC};
+
+/// When a callback's `200` may be sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// After `fdatasync`: survives a power cut.
+    Disk,
+    /// After `write`: survives a crash of paypush, not of the machine.
+    Process,
+}
+
+/// Where and how the store keeps its records.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The data folder.
+    pub dir: PathBuf,
+    /// When a record counts as stored.
+    pub durability: Durability,
+    /// How long outcomes are kept.
+    pub outcome_ttl: Duration,
+    /// How long nonces are kept.
+    pub nonce_memory: Duration,
+}
+
+impl StoreConfig {
+    /// How long a record of this kind is kept after its time.
+    fn retention(&self, record: &Record) -> Duration {
+        match record {
+            Record::Outcome(_) => self.outcome_ttl,
+            Record::Nonce { .. } => self.nonce_memory,
+        }
+    }
+
+    /// Unix ms after which `record` may leave the disk.
+    fn expiry_millis(&self, record: &Record) -> u64 {
+        unix_millis(record.time() + self.retention(record))
+    }
+}
+
+/// Shortest and longest time a segment takes new records.
+const SEGMENT_SPAN_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
+/// A segment's span as a fraction of the outcome TTL.
+const SEGMENT_SPANS_PER_RETENTION: u32 = 8;
+/// How long after a failed write the store refuses batches before it tries
+/// a fresh segment: a full disk is not hammered by every callback.
+pub const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// The most records one write takes.
+const MAX_BATCH: usize = 4096;
+/// The lock file's name in the data folder.
+const LOCK_FILE: &str = "LOCK";
+/// Segment files' extension.
+const SEGMENT_EXTENSION: &str = "seg";
+
+/// How long one segment takes new records: an eighth of the outcome TTL,
+/// from one second to one minute (a segment of nonces simply waits for
+/// its own last expiry).
+pub fn segment_span(config: &StoreConfig) -> Duration {
+    (config.outcome_ttl / SEGMENT_SPANS_PER_RETENTION)
+        .clamp(SEGMENT_SPAN_RANGE.0, SEGMENT_SPAN_RANGE.1)
+}
+
+/// A write or sync failed; the records of that batch are not stored.
+#[derive(Clone, Debug)]
+pub struct StoreError(Arc<str>);
+
+impl From<&str> for StoreError {
+    fn from(message: &str) -> Self {
+        StoreError(message.into())
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why the store cannot open.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Another process holds the folder's lock.
+    Locked(PathBuf),
+    /// The folder cannot be created, read or locked.
+    Io(PathBuf, io::Error),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Locked(dir) => write!(
+                f,
+                "the data folder {} is in use by another paypush process",
+                dir.display()
+            ),
+            OpenError::Io(dir, e) => write!(f, "cannot use the data folder {}: {e}", dir.display()),
+        }
+    }
+}
+
+/// What start-up found in the folder: every record still within its
+/// retention, oldest first.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// The live records, in the order they were written.
+    pub records: Vec<Record>,
+}
+
+/// Called once a record is stored, or could not be.
+type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+struct Job {
+    record: Record,
+    done: Done,
+}
+
+/// A handle to the store; the writer thread runs while one exists.
+pub struct Store {
+    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.shared.dir)
+            .field("durability", &self.shared.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the writer and the handles share.
+struct Shared {
+    dir: PathBuf,
+    durability: Durability,
+    /// False from a failed write until the next one succeeds.
+    healthy: AtomicBool,
+    /// Bytes in the folder's live segments.
+    bytes: AtomicU64,
+}
+
+impl Store {
+    /// Opens (creating it, mode 0700, if missing) and locks the folder,
+    /// reads back its live records, and starts the writer thread.
+    /// `sync_seconds` observes every `fdatasync`.
+    pub fn open(
+        config: StoreConfig,
+        sync_seconds: Histogram,
+    ) -> Result<(Store, Replay), OpenError> {
+        let dir = config.dir.clone();
+        let io_error = |e| OpenError::Io(dir.clone(), e);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_error)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(io_error)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(dir)),
+            Err(fs::TryLockError::Error(e)) => return Err(io_error(e)),
+        }
+        let started = Instant::now();
+        let (replay, closed) = read_folder(&config).map_err(io_error)?;
+        let bytes: u64 = closed.iter().map(|segment| segment.bytes).sum();
+        log::info!(
+            "store: read {} live records from {} segments ({bytes} bytes) in {} ms",
+            replay.records.len(),
+            closed.len(),
+            started.elapsed().as_millis()
+        );
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            durability: config.durability,
+            healthy: AtomicBool::new(true),
+            bytes: AtomicU64::new(bytes),
+        });
+        let (jobs, queue) = mpsc::channel();
+        let writer = Writer {
+            span: segment_span(&config),
+            config,
+            active: None,
+            closed,
+            last_name: 0,
+            failure: None,
+            shared: shared.clone(),
+            sync_seconds,
+            _lock: lock,
+        };
+        std::thread::Builder::new()
+            .name("paypush-store".into())
+            .spawn(move || writer.run(queue))
+            .map_err(io_error)?;
+        Ok((Store { jobs, shared }, replay))
+    }
+
+    /// Queues `record`; `done` runs on the writer thread once it is stored
+    /// (or could not be). Records are stored in the order they are queued.
+    pub fn append(
+        &self,
+        record: Record,
+        done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) {
+        let job = Job {
+            record,
+            done: Box::new(done),
+        };
+        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
+            (job.done)(Err(StoreError("the store's writer has stopped".into())));
+        }
+    }
+
+    /// False from a failed write until a write succeeds again.
+    pub fn is_healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Bytes in the folder's live segments.
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.shared.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Says where and how, for the start-up line.
+    pub fn describe(&self) -> String {
+        let durability = match self.shared.durability {
+            Durability::Disk => "disk",
+            Durability::Process => "process",
+        };
+        format!(
+            "store in {} (durability {durability})",
+            self.shared.dir.display()
+        )
+    }
+}
+
+/// A segment that takes no more records, kept until it expires.
+#[derive(Debug)]
+struct Closed {
+    path: PathBuf,
+    /// Unix ms after which every record in it has expired.
+    expires: u64,
+    bytes: u64,
+}
+
+/// The segment being written.
+struct Active {
+    file: File,
+    path: PathBuf,
+    opened: Instant,
+    expires: u64,
+    bytes: u64,
+}
+
+impl Active {
+    fn close(self) -> Closed {
+        Closed {
+            path: self.path,
+            expires: self.expires,
+            bytes: self.bytes,
+        }
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    config: StoreConfig,
+    span: Duration,
+    active: Option<Active>,
+    /// Older segments, oldest first.
+    closed: VecDeque<Closed>,
+    /// The newest segment name used, so names never repeat.
+    last_name: u64,
+    /// The last failure, and when: batches are refused until [`RETRY_PAUSE`] has passed.
+    failure: Option<(Instant, StoreError)>,
+    shared: Arc<Shared>,
+    sync_seconds: Histogram,
+    /// Held while the writer lives: one process per folder.
+    _lock: File,
+}
+
+impl Writer {
+    /// Takes batches until every handle is gone; deletes expired segments
+    /// between batches and while idle.
+    fn run(mut self, queue: mpsc::Receiver<Job>) {
+        loop {
+            let first = match queue.recv_timeout(self.span) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.delete_expired();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let result = self.write(&batch);
+            for job in batch {
+                (job.done)(result.clone());
+            }
+            self.delete_expired();
+        }
+        log::debug!("store writer stopped");
+    }
+
+    /// Stores a batch with one write (and one sync), or fails it whole.
+    fn write(&mut self, batch: &[Job]) -> Result<(), StoreError> {
+        if let Some((at, error)) = &self.failure {
+            if at.elapsed() < RETRY_PAUSE {
+                return Err(error.clone());
+            }
+        }
+        let mut bytes = Vec::with_capacity(batch.len() * 32);
+        let mut expires = 0;
+        for job in batch {
+            job.record.encode(&mut bytes);
+            expires = expires.max(self.config.expiry_millis(&job.record));
+        }
+        match self.append(&bytes, expires) {
+            Ok(()) => {
+                if self.failure.take().is_some() {
+                    log::info!("store: writing again to {}", self.shared.dir.display());
+                }
+                self.shared.healthy.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                let error = StoreError(
+                    format!("cannot store in {}: {e}", self.shared.dir.display()).into(),
+                );
+                if self.failure.is_none() {
+                    log::error!("store: {error}; callbacks get 503 until a write succeeds");
+                }
+                // The page cache may now hold what the disk does not: this
+                // segment takes nothing more.
+                if let Some(mut active) = self.active.take() {
+                    active.expires = active.expires.max(expires);
+                    active.bytes = active.file.metadata().map_or(active.bytes, |m| m.len());
+                    self.closed.push_back(active.close());
+                }
+                self.shared.healthy.store(false, Ordering::Relaxed);
+                self.failure = Some((Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8], expires: u64) -> io::Result<()> {
+        let durability = self.config.durability;
+        let active = self.active_segment()?;
+        active.file.write_all(bytes)?;
+        if durability == Durability::Disk {
+            let started = Instant::now();
+            active.file.sync_data()?;
+            self.sync_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        let active = self
+            .active
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no segment"))?;
+        active.bytes += bytes.len() as u64;
+        active.expires = active.expires.max(expires);
+        self.shared
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The segment to write to: the active one, or a new one once it is
+    /// older than the span (or there is none).
+    fn active_segment(&mut self) -> io::Result<&mut Active> {
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.opened.elapsed() >= self.span)
+        {
+            if let Some(active) = self.active.take() {
+                self.closed.push_back(active.close());
+            }
+        }
+        if self.active.is_none() {
+            self.active = Some(self.new_segment()?);
+        }
+        self.active
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no segment"))
+    }
+
+    /// Creates a segment with its magic, durable (file and folder entry)
+    /// before any record goes in.
+    fn new_segment(&mut self) -> io::Result<Active> {
+        let name = unix_millis(SystemTime::now()).max(self.last_name + 1);
+        self.last_name = name;
+        let path = self
+            .shared
+            .dir
+            .join(format!("{name:020}.{SEGMENT_EXTENSION}"));
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)?;
+        file.write_all(MAGIC)?;
+        if self.config.durability == Durability::Disk {
+            file.sync_data()?;
+            File::open(&self.shared.dir)?.sync_all()?;
+        }
+        self.shared
+            .bytes
+            .fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
+        Ok(Active {
+            file,
+            path,
+            opened: Instant::now(),
+            expires: 0,
+            bytes: MAGIC.len() as u64,
+        })
+    }
+
+    /// Deletes every segment whose records have all expired, the active
+    /// one included.
+    fn delete_expired(&mut self) {
+        let now = unix_millis(SystemTime::now());
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.expires <= now && a.opened.elapsed() >= self.span)
+        {
+            if let Some(active) = self.active.take() {
+                self.closed.push_back(active.close());
+            }
+        }
+        let shared = &self.shared;
+        self.closed.retain(|segment| {
+            if segment.expires > now {
+                return true;
+            }
+            match fs::remove_file(&segment.path) {
+                Ok(()) => {
+                    shared.bytes.fetch_sub(
+                        segment.bytes.min(shared.bytes.load(Ordering::Relaxed)),
+                        Ordering::Relaxed,
+                    );
+                    false
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Err(e) => {
+                    log::warn!("store: cannot delete {}: {e}", segment.path.display());
+                    true
+                }
+            }
+        });
+    }
+}
+
+/// Reads every segment of the folder, oldest first: the live records, and
+/// the segments to keep. Expired segments are deleted; a torn or corrupt
+/// record ends its file, which is truncated there.
+fn read_folder(config: &StoreConfig) -> io::Result<(Replay, VecDeque<Closed>)> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(&config.dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == SEGMENT_EXTENSION))
+        .collect();
+    paths.sort();
+    let now = unix_millis(SystemTime::now());
+    let mut replay = Replay::default();
+    let mut kept = VecDeque::new();
+    for path in paths {
+        let Some((records, bytes)) = read_segment(&path)? else {
+            continue;
+        };
+        let expires = records
+            .iter()
+            .map(|record| config.expiry_millis(record))
+            .max()
+            .unwrap_or(0);
+        if expires <= now {
+            fs::remove_file(&path)?;
+            continue;
+        }
+        replay.records.extend(
+            records
+                .into_iter()
+                .filter(|record| config.expiry_millis(record) > now),
+        );
+        kept.push_back(Closed {
+            path,
+            expires,
+            bytes,
+        });
+    }
+    Ok((replay, kept))
+}
+
+/// One segment's records and its size after any truncation; `None` for a
+/// file that is not a segment (skipped) or an empty one (deleted).
+fn read_segment(path: &Path) -> io::Result<Option<(Vec<Record>, u64)>> {
+    let bytes = fs::read(path)?;
+    if bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes) {
+        // Created but never written: nothing to keep.
+        fs::remove_file(path)?;
+        return Ok(None);
+    }
+    if !bytes.starts_with(MAGIC) {
+        log::warn!(
+            "store: {} is not a paypush segment; skipped",
+            path.display()
+        );
+        return Ok(None);
+    }
+    let mut records = Vec::new();
+    let mut offset = MAGIC.len();
+    while offset < bytes.len() {
+        match Record::decode(&bytes[offset..]) {
+            Read::Record(record, used) => {
+                records.push(record);
+                offset += used;
+            }
+            bad @ (Read::Torn | Read::Corrupt) => {
+                let what = if bad == Read::Torn {
+                    "a torn"
+                } else {
+                    "a corrupt"
+                };
+                log::warn!(
+                    "store: {} ends with {what} record at byte {offset} (a write cut short by a crash); \
+                     dropped {} bytes, kept the {} records before it",
+                    path.display(),
+                    bytes.len() - offset,
+                    records.len()
+                );
+                let file = OpenOptions::new().write(true).open(path)?;
+                file.set_len(offset as u64)?;
+                file.sync_all()?;
+                break;
+            }
+        }
+    }
+    Ok(Some((records, offset as u64)))
+}

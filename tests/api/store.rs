@@ -1,0 +1,416 @@
+//! The store: a `200` survives restarts, `SIGKILL`, torn writes and a disk
+//! that refuses writes. Real binaries on real folders, stopped with real
+//! signals.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::{
+    paypush_command, spawn_app, start_binary, temp_dir, Binary, EventStream, PATIENCE,
+};
+
+/// Connections sending callbacks at once in the flood tests.
+const FLOOD_CONNECTIONS: u64 = 32;
+
+/// Starts the binary in `dir` (its default data folder is `dir/paypush-data`).
+async fn start_in(dir: &Path, flags: &[&str]) -> Binary {
+    start_binary(paypush_command(dir), flags).await
+}
+
+async fn get(url: &str) -> (u16, Value) {
+    let response = reqwest::get(url).await.expect("GET");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Sends callbacks for fresh ids from many connections until the server
+/// stops answering; returns every id answered `200` with its `completedAt`.
+async fn flood(server: &Binary) -> Arc<Mutex<HashMap<u64, String>>> {
+    let answered = Arc::new(Mutex::new(HashMap::new()));
+    for connection in 0..FLOOD_CONNECTIONS {
+        let base = server.url("/pay-callback?payRecordId=");
+        let answered = answered.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for n in 1.. {
+                let id = (connection + 1) * 1_000_000 + n;
+                let Ok(response) = client.get(format!("{base}{id}")).send().await else {
+                    return;
+                };
+                if response.status() != 200 {
+                    continue;
+                }
+                let Ok(json) = response.json::<Value>().await else {
+                    return;
+                };
+                let completed_at = json["completedAt"].as_str().unwrap_or_default();
+                answered
+                    .lock()
+                    .unwrap()
+                    .insert(id, completed_at.to_string());
+            }
+        });
+    }
+    answered
+}
+
+/// Every id answered `200` before is a duplicate now, with the same `completedAt`.
+async fn assert_all_recorded(server: &Binary, answered: &HashMap<u64, String>) {
+    let client = reqwest::Client::new();
+    let ids: Vec<(u64, String)> = answered.iter().map(|(k, v)| (*k, v.clone())).collect();
+    for chunk in ids.chunks(64) {
+        let checks = chunk.iter().map(|(id, completed_at)| {
+            let client = client.clone();
+            let url = server.url(&format!("/pay-callback?payRecordId={id}"));
+            async move {
+                let json: Value = client
+                    .get(url)
+                    .send()
+                    .await
+                    .expect("callback")
+                    .json()
+                    .await
+                    .expect("json");
+                assert_eq!(json["duplicate"], true, "payment {id} was lost: {json}");
+                assert_eq!(json["completedAt"], completed_at.as_str(), "payment {id}");
+            }
+        });
+        futures_util::future::join_all(checks).await;
+    }
+}
+
+/// Floods a server, stops it with `signal` at a random moment, restarts it
+/// on the same folder and checks every callback that was answered `200`.
+async fn every_200_survives(signal: &str, flags: &[&str]) {
+    let dir = temp_dir();
+    let mut server = start_in(dir.path(), flags).await;
+    let answered = flood(&server).await;
+    let moment = Duration::from_millis(300 + rand::random::<u64>() % 700);
+    tokio::time::sleep(moment).await;
+    server.stop(signal).await;
+    // Let the flood's last answers (and refusals) arrive.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answered = answered.lock().unwrap().clone();
+    assert!(
+        answered.len() > 50,
+        "the flood barely ran: {} answered",
+        answered.len()
+    );
+    let server = start_in(dir.path(), flags).await;
+    assert_all_recorded(&server, &answered).await;
+}
+
+#[tokio::test]
+async fn every_callback_answered_200_survives_sigkill_in_a_flood() {
+    every_200_survives("KILL", &[]).await;
+}
+
+#[tokio::test]
+async fn every_callback_answered_200_survives_sigterm_in_a_flood() {
+    every_200_survives("TERM", &[]).await;
+}
+
+#[tokio::test]
+async fn durability_process_survives_sigkill_too() {
+    every_200_survives("KILL", &["--durability", "process"]).await;
+}
+
+/// The outcome event of `/push` for `id`, read at once (no `pending`).
+async fn recorded_event(server: &Binary, id: &str) -> (Option<String>, Value) {
+    let response = reqwest::get(server.url(&format!("/push?payRecordId={id}")))
+        .await
+        .expect("push");
+    let mut stream = EventStream::new(response);
+    let event = stream.next_event().await.expect("an event");
+    assert_eq!(event.event, None, "not the outcome: {event:?}");
+    (event.id.clone(), event.json())
+}
+
+#[tokio::test]
+async fn a_restart_serves_the_same_outcome_event_until_the_ttl_from_the_first_callback() {
+    let dir = temp_dir();
+    let flags = ["--outcome-ttl", "3s"];
+    let mut server = start_in(dir.path(), &flags).await;
+    let started = tokio::time::Instant::now();
+    let (status, answer) = get(&server.url("/pay-callback?payRecordId=77")).await;
+    assert_eq!(status, 200);
+    let before = recorded_event(&server, "77").await;
+    server.stop("TERM").await;
+
+    let server = start_in(dir.path(), &flags).await;
+    assert_eq!(recorded_event(&server, "77").await, before);
+    assert_eq!(before.1["completedAt"], answer["completedAt"]);
+    // Three seconds after the first callback, not after the restart.
+    tokio::time::sleep_until(started + Duration::from_millis(3_500)).await;
+    let response = reqwest::get(server.url("/push?payRecordId=77"))
+        .await
+        .unwrap();
+    let mut stream = EventStream::new(response);
+    let event = stream.next_event().await.expect("an event");
+    assert_eq!(event.event.as_deref(), Some("pending"), "{event:?}");
+}
+
+#[tokio::test]
+async fn duplicates_and_conflicts_are_decided_the_same_after_a_restart() {
+    let dir = temp_dir();
+    let mut server = start_in(dir.path(), &[]).await;
+    let url = |server: &Binary, status: &str| {
+        server.url(&format!("/pay-callback?payRecordId=78&status={status}"))
+    };
+    assert_eq!(get(&url(&server, "FAILED")).await.0, 200);
+    server.stop("KILL").await;
+
+    let server = start_in(dir.path(), &[]).await;
+    let (status, duplicate) = get(&url(&server, "FAILED")).await;
+    assert_eq!((status, &duplicate["duplicate"]), (200, &Value::Bool(true)));
+    let (status, conflict) = get(&url(&server, "SUCCESS")).await;
+    assert_eq!(status, 409);
+    assert_eq!(conflict["recordedStatus"], "FAILED");
+}
+
+/// `paypush sign`'s headers for a GET of `path`.
+async fn signed_headers(dir: &Path, secret: &str, path: &str) -> Vec<(String, String)> {
+    let output = paypush_command(dir)
+        .args(["sign", "--path", path])
+        .env("PAYPUSH_CALLBACK_SECRET", secret)
+        .output()
+        .await
+        .expect("paypush sign");
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .lines()
+        .filter_map(|line| line.split_once(": "))
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_signed_callback_replayed_after_a_restart_is_refused() {
+    let dir = temp_dir();
+    let secret = "store-test-secret";
+    let command = || {
+        let mut command = paypush_command(dir.path());
+        command.env("PAYPUSH_CALLBACK_SECRET", secret);
+        command
+    };
+    let path = "/pay-callback?payRecordId=79";
+    let headers = signed_headers(dir.path(), secret, path).await;
+    let send = |server: &Binary| {
+        let mut request = reqwest::Client::new().get(server.url(path));
+        for (name, value) in &headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let mut server = start_binary(command(), &[]).await;
+    assert_eq!(send(&server).await.unwrap().status(), 200);
+    server.stop("KILL").await;
+
+    let server = start_binary(command(), &[]).await;
+    let replay = send(&server).await.unwrap();
+    assert_eq!(replay.status(), 401);
+    let json: Value = replay.json().await.unwrap();
+    assert!(
+        json["message"].as_str().unwrap().contains("already used"),
+        "{json}"
+    );
+}
+
+/// The store's segment files in `dir`, oldest first.
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|path| path.extension().is_some_and(|ext| ext == "seg"));
+    files.sort();
+    files
+}
+
+/// Records payments 1..=5, stops with SIGKILL, lets `damage` change the
+/// newest segment, restarts, and returns the new server.
+async fn restart_after_damage(dir: &Path, damage: impl FnOnce(&Path)) -> Binary {
+    let mut server = start_in(dir, &[]).await;
+    for id in 1..=5 {
+        let (status, _) = get(&server.url(&format!("/pay-callback?payRecordId={id}"))).await;
+        assert_eq!(status, 200);
+    }
+    server.stop("KILL").await;
+    let newest = segments(&dir.join("paypush-data"))
+        .pop()
+        .expect("a segment");
+    damage(&newest);
+    start_in(dir, &[]).await
+}
+
+async fn is_duplicate(server: &Binary, id: u64) -> bool {
+    let (_, json) = get(&server.url(&format!("/pay-callback?payRecordId={id}"))).await;
+    json["duplicate"] == true
+}
+
+#[tokio::test]
+async fn garbage_after_the_last_record_is_dropped_with_a_warning() {
+    let dir = temp_dir();
+    let server = restart_after_damage(dir.path(), |segment| {
+        let mut bytes = std::fs::read(segment).unwrap();
+        bytes.extend_from_slice(&[0x13, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
+        std::fs::write(segment, bytes).unwrap();
+    })
+    .await;
+    assert!(server.logged().contains("WARN"), "{}", server.logged());
+    assert!(
+        server.logged().contains("record at byte"),
+        "{}",
+        server.logged()
+    );
+    for id in 1..=5 {
+        assert!(is_duplicate(&server, id).await, "payment {id} was lost");
+    }
+}
+
+#[tokio::test]
+async fn a_last_record_cut_in_half_is_dropped_and_the_rest_kept() {
+    let dir = temp_dir();
+    let server = restart_after_damage(dir.path(), |segment| {
+        let length = std::fs::metadata(segment).unwrap().len();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(segment)
+            .unwrap();
+        file.set_len(length - 13).unwrap();
+    })
+    .await;
+    assert!(
+        server.logged().contains("torn record"),
+        "{}",
+        server.logged()
+    );
+    for id in 1..=4 {
+        assert!(is_duplicate(&server, id).await, "payment {id} was lost");
+    }
+    assert!(!is_duplicate(&server, 5).await, "the torn record came back");
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_write_answers_503_stays_up_and_loses_no_200() {
+    let dir = temp_dir();
+    // A file-size limit of 2 KiB, with SIGXFSZ ignored so that writes past
+    // it fail with EFBIG instead of killing the process.
+    let mut limited = tokio::process::Command::new("bash");
+    limited
+        .args(["-c", r#"ulimit -f 2; trap '' XFSZ; exec "$0" "$@""#])
+        .arg(env!("CARGO_BIN_EXE_paypush"))
+        .current_dir(dir.path())
+        .kill_on_drop(true);
+    let mut server = start_binary(limited, &[]).await;
+    let mut answered = HashMap::new();
+    let mut refusal = None;
+    for id in 1..=1_000u64 {
+        let response = reqwest::get(server.url(&format!("/pay-callback?payRecordId={id}")))
+            .await
+            .unwrap();
+        let (status, retry_after) = (
+            response.status().as_u16(),
+            response.headers().get("retry-after").cloned(),
+        );
+        let json: Value = response.json().await.unwrap();
+        if status == 200 {
+            answered.insert(id, json["completedAt"].as_str().unwrap().to_string());
+        } else {
+            refusal = Some((status, retry_after, json));
+            break;
+        }
+    }
+    let (status, retry_after, json) = refusal.expect("the file-size limit is reached");
+    assert_eq!(status, 503);
+    assert!(retry_after.is_some());
+    assert_eq!(json["error"], "unavailable", "{json}");
+    assert!(answered.len() > 10, "only {} stored", answered.len());
+    let (ready, body) = get(&server.url("/readyz")).await;
+    assert_eq!((ready, &body["error"]), (503, &Value::from("not_ready")));
+    assert_eq!(get(&server.url("/healthz")).await.0, 200);
+    assert!(server.child.try_wait().unwrap().is_none(), "it died");
+    server.stop("TERM").await;
+
+    let server = start_in(dir.path(), &[]).await;
+    assert_all_recorded(&server, &answered).await;
+}
+
+#[tokio::test]
+async fn a_second_paypush_on_the_same_folder_exits_2_naming_it() {
+    let dir = temp_dir();
+    let _first = start_in(dir.path(), &[]).await;
+    let output = paypush_command(dir.path())
+        .args(["--bind", "127.0.0.1:0"])
+        .output();
+    let output = tokio::time::timeout(PATIENCE, output)
+        .await
+        .expect("exits in time")
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("paypush-data"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_default_folder_is_created_private_and_in_memory_writes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = temp_dir();
+    let mut server = start_in(dir.path(), &[]).await;
+    assert!(
+        server.logged().contains("durability disk"),
+        "{}",
+        server.logged()
+    );
+    let mode = std::fs::metadata(dir.path().join("paypush-data"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+    server.stop("TERM").await;
+
+    let memory = temp_dir();
+    let mut server = start_in(memory.path(), &["--in-memory"]).await;
+    assert_eq!(get(&server.url("/pay-callback?payRecordId=9")).await.0, 200);
+    server.stop("TERM").await;
+    let written: Vec<_> = std::fs::read_dir(memory.path()).unwrap().collect();
+    assert!(written.is_empty(), "{written:?}");
+}
+
+#[tokio::test]
+async fn expired_outcomes_leave_the_disk() {
+    let app = spawn_app(&["--outcome-ttl", "1s"]).await;
+    let folder = app
+        .data_dir
+        .as_ref()
+        .expect("a data folder")
+        .path()
+        .to_path_buf();
+    for id in 1..=20 {
+        assert_eq!(app.callback(&id.to_string(), None).await.status(), 200);
+    }
+    assert!(app.metric("paypush_store_bytes").await > 0.0);
+    assert!(!segments(&folder).is_empty());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !segments(&folder).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still on disk: {:?}",
+            segments(&folder)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.metric("paypush_store_bytes").await, 0.0);
+}
+
+#[tokio::test]
+async fn metrics_show_the_store_sync_latency() {
+    let app = spawn_app(&[]).await;
+    assert_eq!(app.callback("5", None).await.status(), 200);
+    assert!(app.metric("paypush_store_sync_seconds_count").await >= 1.0);
+}
