@@ -50,6 +50,8 @@ pub enum ApiError {
     MethodNotAllowed,
     /// The body is over the limit.
     PayloadTooLarge,
+    /// The body did not arrive in time (see [`crate::routes::BODY_READ_TIMEOUT`]).
+    RequestTimeout,
     /// The body is neither form-encoded nor JSON.
     UnsupportedMediaType,
     /// Something paypush did not expect; logged.
@@ -83,6 +85,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -106,6 +109,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Internal => "internal_error",
         }
@@ -140,6 +144,10 @@ impl ApiError {
             ApiError::NotFound => "No such route.".into(),
             ApiError::MethodNotAllowed => "This route does not accept that HTTP method.".into(),
             ApiError::PayloadTooLarge => "The request body is over 16 KiB.".into(),
+            ApiError::RequestTimeout => format!(
+                "The request body did not arrive within {} seconds of its headers.",
+                crate::routes::BODY_READ_TIMEOUT.as_secs()
+            ),
             ApiError::UnsupportedMediaType => {
                 "Send the callback as application/x-www-form-urlencoded or application/json.".into()
             }
@@ -176,6 +184,13 @@ impl Reply for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if matches!(self, ApiError::RequestTimeout) {
+            // The rest of the body may still come: the connection cannot be
+            // reused, and must not stay held by the slow client.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -207,7 +222,7 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallib
         StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
             log::debug!("refused: {}", error.code())
         }
-        _ => log::warn!("refused: {} ({})", error.code(), error.message()),
+        _ => crate::refusals::refused(error.code(), error.message()),
     }
     Ok(error.into_response())
 }
@@ -224,6 +239,7 @@ impl From<InvalidCallback> for ApiError {
             InvalidCallback::PayRecordId => ApiError::InvalidPayRecordId,
             InvalidCallback::Status => ApiError::InvalidStatus,
             InvalidCallback::NotAnObject => ApiError::InvalidBody("it must be a JSON object"),
+            InvalidCallback::RepeatedKey => ApiError::InvalidBody("a key is repeated"),
         }
     }
 }

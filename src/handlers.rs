@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use warp::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY};
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Rejection;
@@ -20,6 +20,14 @@ use crate::model::{single, Callback, CallbackJson, Outcome, PayRecordId};
 use crate::signature::{self, SignatureError, SignatureHeaders, SignedParts};
 use crate::sse;
 use crate::store::StoreError;
+
+/// The demo page's `Content-Security-Policy`: everything from its own origin
+/// only (`'self'` covers its `EventSource`, `fetch` and same-origin
+/// WebSocket), no inline script or style, no plugins, no `<base>`, forms
+/// only to itself, and no framing (clickjacking).
+pub const DEMO_PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+     form-action 'self'; frame-ancestors 'none'";
 
 /// The files of `static/`, built into the binary.
 static STATIC_FILES: include_dir::Dir<'_> = include_dir::include_dir!("$CARGO_MANIFEST_DIR/static");
@@ -81,11 +89,11 @@ pub struct CallbackRequest {
 
 impl CallbackRequest {
     /// Checks the signature headers when a callback secret is set; the nonce
-    /// is remembered only once every other check has passed. The returned
-    /// [`Stored`] resolves once the nonce is durable.
-    async fn authenticate(&self, app: &App) -> Result<Stored, ApiError> {
+    /// is remembered only once every other check has passed. Returns the
+    /// nonce (signed mode) and a [`Stored`] that resolves once it is durable.
+    async fn authenticate(&self, app: &App) -> Result<(Option<String>, Stored), ApiError> {
         let Some(secret) = &app.config.callback_secret else {
-            return Ok(Stored::now());
+            return Ok((None, Stored::now()));
         };
         // Signed as sent: a header that is not text signs (and so matches)
         // nothing but its lossy reading, and is refused later as 415.
@@ -108,7 +116,7 @@ impl CallbackRequest {
             .await
             .map_err(unavailable)?;
         match check {
-            NonceCheck::Fresh => Ok(stored),
+            NonceCheck::Fresh => Ok((Some(headers.nonce), stored)),
             NonceCheck::Replayed => Err(SignatureError::ReplayedNonce.into()),
             NonceCheck::Full => Err(ApiError::Unavailable("too many signed callbacks at once")),
         }
@@ -190,19 +198,32 @@ fn not_recorded(app: &App, error: RecordError) -> ApiError {
 /// `/pay-callback`: authenticates and parses the request, records the
 /// outcome (first one wins) and pushes it to every waiting stream.
 pub async fn callback(request: CallbackRequest, app: App) -> Result<Response, Rejection> {
-    let nonce = request.authenticate(&app).await?;
+    let (nonce, nonce_stored) = request.authenticate(&app).await?;
     let Callback {
         pay_record_id: id,
         status,
     } = request.parse()?;
-    let completion = app
+    let recorded = match app
         .backplane
         .record(&app.hub, Outcome::new(id, status))
         .await
-        .map_err(|e| not_recorded(&app, e))?;
-    // The nonce went to the store before the outcome, so this rarely waits;
-    // a replay after a restart must still be refused.
-    nonce.wait().await.map_err(store_failed)?;
+    {
+        // The nonce went to the store before the outcome, so this rarely
+        // waits; a replay after a restart must still be refused.
+        Ok(completion) => nonce_stored
+            .wait()
+            .await
+            .map(|()| completion)
+            .map_err(|e| RecordError::Refused(Refusal::Store(e))),
+        Err(e) => Err(e),
+    };
+    let completion = recorded.map_err(|e| {
+        // Not recorded: the provider's retry of this very request must pass.
+        if let Some(nonce) = &nonce {
+            app.hub.forget_nonce(nonce);
+        }
+        not_recorded(&app, e)
+    })?;
     let (outcome, duplicate) = match completion {
         Completion::Recorded { outcome, notified } => {
             log::info!("callback {id} {status}: recorded, {notified} streams notified");
@@ -222,7 +243,8 @@ pub async fn callback(request: CallbackRequest, app: App) -> Result<Response, Re
             (outcome, true)
         }
         Completion::Conflict(outcome) => {
-            log::warn!(
+            // The refusal itself is logged (rate-limited) with the error.
+            log::debug!(
                 "callback {id} {status}: conflicts with recorded {}",
                 outcome.status
             );
@@ -303,6 +325,12 @@ pub fn static_file((name, contents): StaticFile) -> Response {
         headers.insert(CONTENT_TYPE, value);
     }
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(DEMO_PAGE_CSP),
+    );
+    // The page's URL may hold a subscribe token: never send it elsewhere.
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     response
 }
 

@@ -567,6 +567,12 @@ impl Hub {
         (NonceCheck::Fresh, Stored(Some(receiver)))
     }
 
+    /// Forgets a nonce remembered for a callback that was then not recorded
+    /// (answered `503`), so the provider's retry of that request is accepted.
+    pub fn forget_nonce(&self, nonce: &str) {
+        self.lock().nonces.remove(nonce);
+    }
+
     /// Wakes the purge task when a new deadline is earlier than any it knew.
     fn wake_purge_task_if(&self, earlier: bool) {
         if earlier {
@@ -673,8 +679,11 @@ impl Hub {
                 state.recorded_outcomes -= 1;
             }
         }
-        while let Some((_, nonce)) = state.nonce_deadlines.front().filter(|(at, _)| *at <= now) {
-            state.nonces.remove(nonce);
+        while let Some((at, nonce)) = state.nonce_deadlines.front().filter(|(at, _)| *at <= now) {
+            // A nonce forgotten and remembered again has a later deadline.
+            if state.nonces.get(nonce) == Some(at) {
+                state.nonces.remove(nonce);
+            }
             state.nonce_deadlines.pop_front();
         }
         Ok(state.next_deadline())

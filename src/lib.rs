@@ -18,21 +18,25 @@
 //! - [`sse`]: a subscription turned into its event stream.
 //! - [`qr`]: the demo page's payment QR code (SVG).
 //! - [`error`]: the API's errors and the one rejection-to-JSON mapping.
+//! - [`refusals`]: refused requests logged at most once a second per kind.
 //! - [`metrics`]: Prometheus counters and the `/metrics` text.
 //! - [`app`]: the shared [`app::App`]: hub, backplane, metrics, configuration.
 //! - [`server`]: the HTTP loop with graceful shutdown.
+//! - [`cors`]: CORS headers for the `--allow-origin` list, none for anyone else.
 //! - [`shutdown`]: waits for SIGINT or SIGTERM.
 //! - [`signature`]: callback HMAC signatures, subscribe tokens, the redacting `Secret`.
 
 pub mod app;
 pub mod backplane;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod handlers;
 pub mod hub;
 pub mod metrics;
 pub mod model;
 pub mod qr;
+pub mod refusals;
 pub mod routes;
 pub mod server;
 pub mod shutdown;

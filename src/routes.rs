@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::pin::pin;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -23,6 +24,10 @@ use crate::qr;
 
 /// The largest callback body accepted, declared or chunked.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// A callback body must arrive within this time of its request head, else
+/// `408`: a client that declares a body and never sends it cannot hold a
+/// connection (and its file descriptor) for ever.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every route, with errors mapped to JSON.
 pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
@@ -35,7 +40,7 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
         .unify()
         .or(metrics(app.clone()))
         .unify()
-        .or(qr_svg())
+        .or(qr_svg(app.clone()))
         .unify()
         .or(openapi())
         .unify()
@@ -97,20 +102,42 @@ pub fn readyz(app: App) -> impl Filter<Extract = (Response,), Error = Rejection>
         .and_then(handlers::readyz)
 }
 
-/// GET /metrics
+/// GET /metrics (on the main address unless `--metrics-bind` moves it)
 pub fn metrics(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("metrics")
-        .and(warp::get())
-        .and(with_app(app))
-        .and_then(handlers::metrics)
+        .and(served_if(app.config.metrics_bind.is_none()))
+        .and(metrics_here(app))
+}
+
+/// Every route of the `--metrics-bind` address: GET /metrics, with errors
+/// mapped to JSON.
+pub fn metrics_only(app: App) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    warp::path!("metrics")
+        .and(metrics_here(app))
+        .recover(handle_rejection)
+        .unify()
+        .map(|mut response: Response| {
+            response.headers_mut().insert(
+                warp::http::header::X_CONTENT_TYPE_OPTIONS,
+                warp::http::HeaderValue::from_static("nosniff"),
+            );
+            response
+        })
+}
+
+/// The metrics reply, once the path matched.
+fn metrics_here(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::get().and(with_app(app)).and_then(handlers::metrics)
 }
 
 /// GET /qr.svg?payRecordId=123: the demo page's payment QR code
-pub fn qr_svg() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn qr_svg(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("qr.svg")
+        .and(served_if(!app.config.no_demo_page))
         .and(warp::get())
         .and(query_pairs())
         .and(warp::host::optional())
+        .and(with_app(app))
         .and_then(qr::qr_svg)
 }
 
@@ -123,13 +150,28 @@ pub fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clon
 
 /// GET /, GET /<file>: the demo page and its assets
 pub fn static_files(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path::tail()
+    served_if(!app.config.no_demo_page)
+        .and(warp::path::tail())
         .and(with_app(app))
         .and_then(|tail: warp::path::Tail, app: App| async move {
             handlers::find_static_file(&app, tail.as_str()).await
         })
         .and(warp::get().or(warp::head()).unify())
         .map(handlers::static_file)
+}
+
+/// Passes when `served`, else rejects as not found: the routes that
+/// `--no-demo-page` or `--metrics-bind` take off the main address.
+fn served_if(served: bool) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::any()
+        .and_then(move || async move {
+            if served {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
 }
 
 fn with_app(app: App) -> impl Filter<Extract = (App,), Error = Infallible> + Clone {
@@ -156,8 +198,19 @@ fn query_pairs() -> impl Filter<Extract = (Vec<(String, String)>,), Error = Reje
     warp::query::<Vec<(String, String)>>()
 }
 
-/// Reads a body of at most [`MAX_BODY_BYTES`], declared or chunked.
+/// Reads a body of at most [`MAX_BODY_BYTES`], declared or chunked, that
+/// arrives within [`BODY_READ_TIMEOUT`].
 async fn read_body(
+    headers: &HeaderMap,
+    body: impl Stream<Item = Result<impl Buf, warp::Error>>,
+) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(BODY_READ_TIMEOUT, read_body_untimed(headers, body))
+        .await
+        .unwrap_or(Err(ApiError::RequestTimeout))
+}
+
+/// [`read_body`] without its deadline.
+async fn read_body_untimed(
     headers: &HeaderMap,
     body: impl Stream<Item = Result<impl Buf, warp::Error>>,
 ) -> Result<Bytes, ApiError> {

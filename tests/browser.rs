@@ -455,22 +455,70 @@ const SHOP_PAGE: &str = r#"<!doctype html>
                                 (e) => { document.body.dataset.answer = "blocked"; });
 </script>"#;
 
+/// Records every Content-Security-Policy violation of the page in
+/// `document.body.dataset.blocked`, then opens a WebSocket to the page's own
+/// origin and, half a second later, one to another origin (the control).
+const OPEN_WEBSOCKETS: &str = r#"
+  document.body.dataset.blocked = '';
+  document.addEventListener('securitypolicyviolation', (e) => {
+    document.body.dataset.blocked += e.violatedDirective + ' ' + e.blockedURI + ';';
+  });
+  const open = (url) => {
+    try { new WebSocket(url); } catch (e) { document.body.dataset.blocked += 'threw ' + url + ';'; }
+  };
+  open('ws://' + location.host + '/ws?payRecordId=1');
+  setTimeout(() => open('ws://127.0.0.2:9/elsewhere'), 500);
+"#;
+
+#[tokio::test]
+async fn the_demo_pages_csp_lets_it_open_its_own_websocket_and_nothing_elsewhere() {
+    with_page("the_demo_pages_csp", |page| async move {
+        let app = spawn_app(&[]).await;
+        page.open(&app, "/").await;
+        page.wait_for("the pending event", |s| s.state == "waiting")
+            .await;
+        page.client
+            .execute(OPEN_WEBSOCKETS, vec![])
+            .await
+            .expect("open the sockets");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let blocked = loop {
+            let blocked = page
+                .client
+                .execute("return document.body.dataset.blocked || '';", vec![])
+                .await
+                .expect("read the page");
+            let blocked = blocked.as_str().unwrap_or_default().to_string();
+            if blocked.contains("127.0.0.2") {
+                break blocked;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the other origin's WebSocket was not blocked: {blocked:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        };
+        assert!(blocked.contains("connect-src"), "{blocked}");
+        assert!(!blocked.contains(&app.addr.to_string()), "{blocked}");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_page_on_an_allowed_origin_subscribes_and_posts_across_origins() {
     with_page("a_page_on_an_allowed_origin", |page| async move {
-        let dir = std::env::temp_dir().join(format!("paypush-shop-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("shop dir");
-        std::fs::write(dir.join("shop.html"), SHOP_PAGE).expect("shop page");
-        let shop = spawn_app(&["--static-dir", dir.to_str().expect("utf-8 path")]).await;
-        let shop_origin = format!("http://{}", shop.addr);
+        // The shop is a plain web server of its own: paypush's demo-page
+        // CSP (its own origin only, no inline script) would rightly block
+        // this page if paypush served it.
+        let shop_origin = serve_shop_page().await;
         let paypush = spawn_app(&["--allow-origin", &shop_origin]).await;
         let closed = spawn_app(&[]).await;
 
         // Allowed: the stream opens, and the JSON callback passes its preflight.
-        page.open(
-            &shop,
-            &format!("/shop.html?id=81&paypush=http://{}", paypush.addr),
-        )
+        page.goto(&format!(
+            "{shop_origin}/shop.html?id=81&paypush=http://{}",
+            paypush.addr
+        ))
         .await;
         page.wait_for_body("state", "waiting").await;
         page.client
@@ -482,10 +530,10 @@ async fn a_page_on_an_allowed_origin_subscribes_and_posts_across_origins() {
         page.wait_for_body("message", "支付失败").await;
 
         // Not allowed: the browser refuses both.
-        page.open(
-            &shop,
-            &format!("/shop.html?id=82&paypush=http://{}", closed.addr),
-        )
+        page.goto(&format!(
+            "{shop_origin}/shop.html?id=82&paypush=http://{}",
+            closed.addr
+        ))
         .await;
         page.wait_for_body("state", "error").await;
         page.client
@@ -493,12 +541,29 @@ async fn a_page_on_an_allowed_origin_subscribes_and_posts_across_origins() {
             .await
             .expect("pay");
         page.wait_for_body("answer", "blocked").await;
-        let _ = std::fs::remove_dir_all(&dir);
     })
     .await;
 }
 
+/// Serves [`SHOP_PAGE`] at `/shop.html` on a free loopback port, for the
+/// rest of the test process; returns its origin.
+async fn serve_shop_page() -> String {
+    use warp::Filter;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the shop");
+    let origin = format!("http://{}", listener.local_addr().expect("shop address"));
+    let page = warp::path!("shop.html").map(|| warp::reply::html(SHOP_PAGE));
+    tokio::spawn(warp::serve(page).incoming(listener).run());
+    origin
+}
+
 impl Page {
+    /// Opens any URL.
+    async fn goto(&self, url: &str) {
+        self.client.goto(url).await.expect("open the page");
+    }
+
     /// Waits until `document.body.dataset[key]` is `value`.
     async fn wait_for_body(&self, key: &str, value: &str) {
         let deadline = tokio::time::Instant::now() + DEADLINE;

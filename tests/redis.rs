@@ -600,3 +600,105 @@ async fn outcomes_answered_200_survive_a_sigkilled_redis_with_appendonly() {
         assert_eq!(outcome.json()["completedAt"], completed_at);
     }
 }
+
+/// Debian's HAProxy running `deploy/haproxy.cfg` in front of two instances
+/// (over h2c), on a free port; stopped when dropped.
+struct HaProxy {
+    _child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl HaProxy {
+    async fn start(upstreams: [&TestApp; 2]) -> HaProxy {
+        let port = free_port();
+        let dir = helpers::temp_dir();
+        let example =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy.cfg"))
+                .unwrap();
+        let config = example
+            .replace("127.0.0.1:8080", &upstreams[0].addr.to_string())
+            .replace("127.0.0.1:8081", &upstreams[1].addr.to_string())
+            .replace("127.0.0.1:8000", &format!("127.0.0.1:{port}"));
+        assert_ne!(config, example, "the example names its ports");
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start haproxy");
+        let haproxy = HaProxy {
+            _child: child,
+            port,
+            _dir: dir,
+        };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while reqwest::get(haproxy.url("/healthz")).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "haproxy did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        haproxy
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+#[tokio::test]
+async fn two_instances_behind_haproxy_over_h2c_deliver_across_and_unbuffered() {
+    let test = "two_instances_behind_haproxy_over_h2c_deliver_across_and_unbuffered";
+    if !have("redis-server", "redis-server", test) || !have("haproxy", "haproxy", test) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let a = instance(&redis.url(), &[]).await;
+    let b = instance(&redis.url(), &[]).await;
+    let haproxy = HaProxy::start([&a, &b]).await;
+    let client = reqwest::Client::new();
+
+    // Browser-style HTTP/1.1 streams through HAProxy, carried to paypush as
+    // h2c streams: each gets its pending event at once (nothing buffered),
+    // then its outcome, whichever instance takes the callback.
+    let mut streams = Vec::new();
+    for id in 1..=10 {
+        let response = client
+            .get(haproxy.url(&format!("/push?payRecordId={id}")))
+            .send()
+            .await
+            .unwrap();
+        let mut stream = EventStream::new(response);
+        assert_eq!(stream.response_status, 200);
+        let pending = stream.next_event().await.unwrap();
+        assert_eq!(pending.event.as_deref(), Some("pending"));
+        streams.push(stream);
+    }
+    for id in 1..=10 {
+        let answer = client
+            .get(haproxy.url(&format!("/pay-callback?payRecordId={id}&status=CLOSED")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    for mut stream in streams {
+        let outcome = stream.next_event().await.unwrap();
+        assert_eq!(outcome.json()["status"], "CLOSED");
+        assert!(stream.ends().await);
+    }
+    // Both instances took part, and some outcomes crossed between them.
+    let (on_a, on_b) = (
+        a.metric("paypush_outcomes_delivered_total").await,
+        b.metric("paypush_outcomes_delivered_total").await,
+    );
+    assert_eq!(on_a + on_b, 10.0);
+    assert!(on_a > 0.0 && on_b > 0.0, "a: {on_a}, b: {on_b}");
+}

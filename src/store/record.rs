@@ -68,25 +68,27 @@ impl Record {
 
     /// Appends the record, header included, to `buffer`.
     pub fn encode(&self, buffer: &mut Vec<u8>) {
-        let mut payload = Vec::with_capacity(MAX_PAYLOAD);
+        let start = buffer.len();
+        buffer.extend_from_slice(&[0; HEADER]);
         match self {
             Record::Outcome(outcome) => {
-                payload.push(TAG_OUTCOME);
-                payload.extend_from_slice(&outcome.pay_record_id.get().to_le_bytes());
-                payload.push(status_byte(outcome.status));
-                payload.extend_from_slice(&unix_millis(outcome.completed_at).to_le_bytes());
+                buffer.push(TAG_OUTCOME);
+                buffer.extend_from_slice(&outcome.pay_record_id.get().to_le_bytes());
+                buffer.push(status_byte(outcome.status));
+                buffer.extend_from_slice(&unix_millis(outcome.completed_at).to_le_bytes());
             }
             Record::Nonce { nonce, seen } => {
-                payload.push(TAG_NONCE);
-                payload.extend_from_slice(&unix_millis(*seen).to_le_bytes());
-                payload.extend_from_slice(nonce.as_bytes());
+                buffer.push(TAG_NONCE);
+                buffer.extend_from_slice(&unix_millis(*seen).to_le_bytes());
+                buffer.extend_from_slice(nonce.as_bytes());
             }
         }
+        let payload = &buffer[start + HEADER..];
         // At most MAX_PAYLOAD bytes, so the length always fits.
         let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-        buffer.extend_from_slice(&length.to_le_bytes());
-        buffer.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        buffer.extend_from_slice(&payload);
+        let crc = crc32fast::hash(payload);
+        buffer[start..start + 4].copy_from_slice(&length.to_le_bytes());
+        buffer[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
     }
 
     /// Reads the record at the start of `bytes`. Never panics, whatever the bytes.

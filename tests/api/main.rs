@@ -3,6 +3,8 @@
 mod callback;
 mod deploy;
 mod errors;
+mod h2c;
+mod hardening;
 mod helpers;
 mod lifecycle;
 mod openapi;

@@ -414,3 +414,38 @@ async fn metrics_show_the_store_sync_latency() {
     assert_eq!(app.callback("5", None).await.status(), 200);
     assert!(app.metric("paypush_store_sync_seconds_count").await >= 1.0);
 }
+
+#[tokio::test]
+async fn a_signed_callback_answered_503_is_accepted_when_the_provider_retries_it() {
+    let secret = "store-test-secret";
+    let app = spawn_app(&[
+        "--callback-secret",
+        secret,
+        "--max-outcomes",
+        "1",
+        "--outcome-ttl",
+        "1s",
+    ])
+    .await;
+    let dir = temp_dir();
+    let send = |path: &'static str, headers: Vec<(String, String)>| {
+        let mut request = app.client.get(app.url(path));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let (first, second) = (
+        "/pay-callback?payRecordId=80",
+        "/pay-callback?payRecordId=81",
+    );
+    let headers = signed_headers(dir.path(), secret, first).await;
+    assert_eq!(send(first, headers).await.unwrap().status(), 200);
+    let retried = signed_headers(dir.path(), secret, second).await;
+    let full = send(second, retried.clone()).await.unwrap();
+    assert_eq!(full.status(), 503, "over --max-outcomes");
+    // Once the first outcome has expired there is room: the very same
+    // signed request, retried, is not a replay.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_eq!(send(second, retried).await.unwrap().status(), 200);
+}

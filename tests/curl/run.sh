@@ -152,6 +152,33 @@ subscribe_with_a_token() {
         curl -sN --max-time 5 "$base/push?payRecordId=200&token=$token" | grep -q '支付失败'
 }
 
+production_flags_hide_the_demo_page_and_metrics() {
+    local metrics
+    metrics=$(grep -o 'metrics on http://[0-9.:]*' "$work/server.log" | sed 's/metrics on //')
+    [ "$(status_of "$base/")" = 404 ] &&
+        grep -q '"error":"not_found"' "$work/body" &&
+        [ "$(status_of "$base/qr.svg?payRecordId=1")" = 404 ] &&
+        [ "$(status_of "$base/metrics")" = 404 ] &&
+        [ "$(status_of "$metrics/metrics")" = 200 ] &&
+        grep -q '^paypush_callbacks_total' "$work/body"
+}
+
+every_answer_says_nosniff() {
+    curl -s -D - -o /dev/null "$base/healthz" | grep -qi '^x-content-type-options: nosniff' &&
+        curl -s -D - -o /dev/null "$base/no-such-route" | grep -qi '^x-content-type-options: nosniff'
+}
+
+a_stalled_body_gets_408_within_10s() {
+    local hostport=${base#http://}
+    exec 3<>"/dev/tcp/${hostport%:*}/${hostport##*:}" || return 1
+    printf 'POST /pay-callback HTTP/1.1\r\nHost: paypush\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{' >&3
+    timeout 15 cat <&3 >"$work/stalled"
+    local closed=$?
+    exec 3<&-
+    [ "$closed" = 0 ] && head -1 "$work/stalled" | grep -q '^HTTP/1.1 408' &&
+        grep -q '"error":"request_timeout"' "$work/stalled"
+}
+
 start_server --push-timeout 30s
 check "subscribe, then callback: the stream gets pending, then 支付成功, then ends" subscribe_then_callback
 check "a late subscriber gets the recorded outcome at once" late_subscriber_gets_the_outcome
@@ -169,6 +196,13 @@ check "signed mode: a signed JSON POST is accepted, and refused when sent as a f
 check "signed mode: a form POST signed by paypush sign's default is accepted" signed_form_post_with_paypush_sign
 check "signed mode: a form POST signed with openssl alone is accepted" signed_form_post_with_openssl_alone
 check "subscribe tokens: none is 403, paypush token opens the stream" subscribe_with_a_token
+stop_server
+
+PAYPUSH_CALLBACK_SECRET=$secret PAYPUSH_SUBSCRIBE_SECRET=$sub_secret \
+    start_server --no-demo-page --metrics-bind 127.0.0.1:0
+check "production flags: no demo page, /metrics only on --metrics-bind" production_flags_hide_the_demo_page_and_metrics
+check "every answer says X-Content-Type-Options: nosniff" every_answer_says_nosniff
+check "a body that stalls gets 408 and a close within 10 s" a_stalled_body_gets_408_within_10s
 stop_server
 
 rm -rf "$work"
