@@ -148,7 +148,7 @@ pub struct Cluster {
     breaks: AtomicU64,
     /// Wakes the recovery task.
     broken: Notify,
-    /// Online replicas of each slot's shard, from `CLUSTER SHARDS`; `None`
+    /// Live replicas of each slot's shard, from `CLUSTER SHARDS`; `None`
     /// until first read (then every callback waits for a replica).
     replicas: Mutex<Option<Arc<[u8]>>>,
     channels_gauge: IntGauge,
@@ -727,7 +727,8 @@ fn field<'a>(fields: &[(String, &'a Value)], name: &str) -> Option<&'a Value> {
     fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
 }
 
-/// From `CLUSTER SHARDS`: how many replicas of each slot's shard are online.
+/// From `CLUSTER SHARDS`: how many replicas of each slot's shard are not
+/// known to have failed.
 fn replicas_per_slot(shards: &Value) -> Option<Arc<[u8]>> {
     let Value::Array(shards) = shards else {
         return None;
@@ -746,8 +747,10 @@ fn replicas_per_slot(shards: &Value) -> Option<Arc<[u8]>> {
                 let text = |name| {
                     field(&node, name).and_then(|v| redis::from_redis_value::<String>(v).ok())
                 };
+                // Redis 7.0 reports a replica whose offset it has not yet
+                // heard of as `loading`: only `failed` ones do not count.
                 text("role").as_deref() == Some("replica")
-                    && text("health").as_deref() == Some("online")
+                    && text("health").as_deref() != Some("failed")
             })
             .count();
         for range in slots.chunks(2) {
