@@ -73,12 +73,14 @@ const DEFAULT_BODY: &str = r#"{"payRecordId":"{id}","status":"SUCCESS"}"#;
 #[derive(Parser, Debug)]
 #[command(about = "Opens SSE streams, fires callbacks, measures latency and memory")]
 struct Args {
-    /// Stream URL template; `{id}` becomes the payment id.
-    #[arg(long)]
-    subscribe: String,
+    /// Stream URL template; `{id}` becomes the payment id. Repeat it for
+    /// several instances: stream `i` goes to the `i % n`-th.
+    #[arg(long, required = true)]
+    subscribe: Vec<String>,
     /// Callback: `METHOD URL-template`, e.g. `GET http://127.0.0.1:8080/pay-callback?payRecordId={id}`.
-    #[arg(long)]
-    publish: String,
+    /// Repeat it for several instances: publisher connection `c` uses the `c % n`-th.
+    #[arg(long, required = true)]
+    publish: Vec<String>,
     /// Body template for a `POST` callback (sent as `application/json`).
     #[arg(long, default_value = DEFAULT_BODY)]
     body: String,
@@ -468,7 +470,7 @@ impl SseParser {
 /// read as the outcome still count (a duplicate sent with it is seen).
 async fn run_stream(
     shared: Arc<Shared>,
-    target: Arc<Target>,
+    targets: Arc<Vec<Target>>,
     index: usize,
     sources: u8,
     ready_on: Ready,
@@ -476,6 +478,7 @@ async fn run_stream(
 ) {
     let slot = &shared.streams[index];
     let id = shared.id_base + index as u64;
+    let target = &targets[index % targets.len()];
     let permit = permits.acquire().await;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
@@ -640,7 +643,8 @@ impl Publish {
 
 /// The callback plan every publisher connection draws from.
 struct Plan {
-    publish: Publish,
+    /// One per instance; publisher connection `n` uses the `n % len`-th.
+    publish: Vec<Publish>,
     count: usize,
     next: AtomicUsize,
     /// Seconds between consecutive callbacks; 0: flat out.
@@ -654,6 +658,7 @@ struct Plan {
 async fn run_publisher(shared: Arc<Shared>, plan: Arc<Plan>, n: usize, sources: u8) {
     let mut io: Option<TcpStream> = None;
     let mut buf = Vec::new();
+    let publish = &plan.publish[n % plan.publish.len()];
     loop {
         let i = plan.next.fetch_add(1, Ordering::Relaxed);
         if i >= plan.count {
@@ -666,10 +671,10 @@ async fn run_publisher(shared: Arc<Shared>, plan: Arc<Plan>, n: usize, sources: 
             break;
         }
         let id = shared.id_base + i as u64;
-        let request = plan.publish.request(id);
+        let request = publish.request(id);
         let outcome = timeout(IO_TIMEOUT, async {
             if io.is_none() {
-                io = Some(connect(plan.publish.target.addr, source(n, sources)).await?);
+                io = Some(connect(publish.target.addr, source(n, sources)).await?);
             }
             let conn = io
                 .as_mut()
@@ -931,8 +936,17 @@ async fn run(args: Args) -> Result<(), String> {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         eprintln!("loadgen: cannot raise the open-file limit: {e}");
     }
-    let subscribe = Arc::new(Target::parse(&args.subscribe)?);
-    let publish = Publish::parse(&args.publish, &args.body)?;
+    let subscribe = Arc::new(
+        args.subscribe
+            .iter()
+            .map(|url| Target::parse(url))
+            .collect::<Result<Vec<_>, _>>()?,
+    );
+    let publish = args
+        .publish
+        .iter()
+        .map(|spec| Publish::parse(spec, &args.body))
+        .collect::<Result<Vec<_>, _>>()?;
     let callbacks = args.callbacks.unwrap_or(args.streams);
     let id_base = args.id_base.unwrap_or_else(|| {
         // Microseconds since 2020: distinct for every run, far below i64::MAX.
@@ -944,7 +958,7 @@ async fn run(args: Args) -> Result<(), String> {
     let ready_mode = match args.ready {
         Ready::Auto => {
             let probe_id = id_base + (args.streams.max(callbacks) + 1) as u64;
-            probe_ready_mode(&subscribe, probe_id).await?
+            probe_ready_mode(&subscribe[0], probe_id).await?
         }
         other => other,
     };
