@@ -536,3 +536,28 @@ async fn cluster_failover_under_load_loses_no_200() {
     .await;
     eprintln!("failover under load: {codes:?}");
 }
+
+#[tokio::test]
+async fn cluster_flag_with_redis_url_or_a_bad_node_exits_2_with_one_line() {
+    for flags in [
+        &[
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "--redis-cluster",
+            "redis://127.0.0.1:2",
+        ][..],
+        &["--redis-cluster", "redis://127.0.0.1:2,not a url"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_paypush"))
+            .args(flags)
+            .output();
+        let output = tokio::time::timeout(PATIENCE, output)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{flags:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with("error:"), "{stderr}");
+    }
+}
