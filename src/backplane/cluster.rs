@@ -663,9 +663,15 @@ async fn unsubscribe_forever(
     }
 }
 
-/// Re-reads the shards' replicas every [`TOPOLOGY_INTERVAL`].
+/// Re-reads the shards' replicas every [`TOPOLOGY_INTERVAL`]; opens every
+/// command connection on the way, so no callback pays for one.
 async fn read_topology_forever(cluster: Arc<Cluster>, hub: Hub) {
     loop {
+        for _ in 0..cluster.commands.len() {
+            if cluster.commands().await.is_err() {
+                break;
+            }
+        }
         if let Err(e) = cluster.read_topology().await {
             log::debug!("cannot read the cluster's shards: {}", e.0);
         }
