@@ -1,6 +1,12 @@
 //! `loadgen`: a load generator for paypush and for any other Server-Sent
 //! Events push server (nginx + nchan is the peer it is compared with).
 //!
+//! `--transport` says how a waiter waits: `sse` (an event stream, the
+//! default), `poll` (a long-poll: `GET` until an answer that is not
+//! `PENDING`, again on the same connection after each `PENDING`), or `ws`
+//! (a WebSocket: text frames, `PENDING` then the outcome). Everything below
+//! says "stream" for any of them.
+//!
 //! One run does, in order:
 //!
 //! 1. reads the server's memory (`--server-pid`, RSS from `/proc/PID/status`
@@ -40,6 +46,11 @@
 //!     --subscribe 'http://127.0.0.1:18081/sub/{id}' \
 //!     --publish 'POST http://127.0.0.1:18081/pub/{id}' \
 //!     --streams 10000 --callbacks 0 --server-pid "$MASTER,$WORKER"
+//!
+//! cargo run --release --example loadgen -- --transport ws \
+//!     --subscribe 'http://127.0.0.1:8080/ws?payRecordId={id}' \
+//!     --publish 'GET http://127.0.0.1:8080/pay-callback?payRecordId={id}' \
+//!     --streams 15000 --callbacks 5000 --rate 2000
 //! ```
 
 use std::collections::BTreeMap;
@@ -65,6 +76,14 @@ const PROBE_WAIT: Duration = Duration::from_secs(1);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the main task looks at the counters while it waits.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// The key of the WebSocket handshake: any 16 bytes, base64; the answer's
+/// `Sec-WebSocket-Accept` is not checked (loopback servers under test).
+const WS_KEY: &str = "cGF5cHVzaC1sb2FkZ2VuIQ==";
+/// WebSocket opcodes.
+const WS_TEXT: u8 = 0x1;
+const WS_BINARY: u8 = 0x2;
+const WS_CLOSE: u8 = 0x8;
+const WS_PING: u8 = 0x9;
 /// The default callback body for `POST`: the outcome itself, which is what
 /// nchan relays to its subscribers and what paypush reads as JSON.
 const DEFAULT_BODY: &str = r#"{"payRecordId":"{id}","status":"SUCCESS"}"#;
@@ -131,6 +150,21 @@ struct Args {
     /// A name for this run, copied into the JSON line.
     #[arg(long, default_value = "")]
     label: String,
+    /// How a waiter waits: an event stream, a long-poll, or a WebSocket.
+    #[arg(long, value_enum, default_value_t = Transport::Sse)]
+    transport: Transport,
+}
+
+/// How a waiter waits for its outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Transport {
+    /// Server-Sent Events (`/push`, nchan's eventsource).
+    Sse,
+    /// A long-poll (`/status?wait=25`, nchan's longpoll).
+    Poll,
+    /// A WebSocket (`/ws`, nchan's websocket).
+    Ws,
 }
 
 /// When a stream counts as subscribed.
@@ -470,7 +504,7 @@ impl SseParser {
 /// read as the outcome still count (a duplicate sent with it is seen).
 async fn run_stream(
     shared: Arc<Shared>,
-    targets: Arc<Vec<Target>>,
+    target: Arc<Target>,
     index: usize,
     sources: u8,
     ready_on: Ready,
@@ -478,7 +512,6 @@ async fn run_stream(
 ) {
     let slot = &shared.streams[index];
     let id = shared.id_base + index as u64;
-    let target = &targets[index % targets.len()];
     let permit = permits.acquire().await;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
@@ -556,6 +589,266 @@ async fn run_stream(
     }
     if slot.outcomes.load(Ordering::Relaxed) == 0 {
         slot.state.store(state::ENDED_EARLY, Ordering::Relaxed);
+    }
+}
+
+/// The stream's slot, moved to READY once.
+fn mark_ready(shared: &Shared, slot: &StreamSlot, ready: &mut bool) {
+    if !*ready {
+        *ready = true;
+        slot.state.store(state::READY, Ordering::Relaxed);
+        shared.ready.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Records the first outcome of a stream (and counts any later one).
+fn record_outcome(shared: &Shared, slot: &StreamSlot) {
+    if slot.outcomes.fetch_add(1, Ordering::Relaxed) == 0 {
+        slot.received_at.store(shared.now(), Ordering::Relaxed);
+        slot.state.store(state::DONE, Ordering::Relaxed);
+    }
+}
+
+/// Records a refused subscription by its status class.
+fn refuse(shared: &Shared, slot: &StreamSlot, status: u16) {
+    slot.state.store(state::REFUSED, Ordering::Relaxed);
+    shared.refused.fetch_add(1, Ordering::Relaxed);
+    let class = usize::from(status / 100).min(5);
+    shared.refused_statuses[class].fetch_add(1, Ordering::Relaxed);
+}
+
+/// Reads the rest of a response body framed by `head`.
+async fn read_body(io: &mut TcpStream, head: Head) -> std::io::Result<Vec<u8>> {
+    let mut body = Body::new(head.framing);
+    let mut input = head.rest;
+    let mut out = Vec::new();
+    loop {
+        if body.decode(&input, &mut out) {
+            return Ok(out);
+        }
+        input.resize(READ_CHUNK, 0);
+        match io.read(&mut input).await? {
+            0 if matches!(body.framing, Framing::Close) => return Ok(out),
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => input.truncate(n),
+        }
+    }
+}
+
+/// One long-poll waiter: `GET` until an answer that is not `PENDING` (each
+/// `PENDING` counts as a timeout and is asked again on the same
+/// connection). Counts as subscribed once its first request is written.
+async fn run_poll(
+    shared: Arc<Shared>,
+    target: Arc<Target>,
+    index: usize,
+    sources: u8,
+    permits: Arc<Semaphore>,
+) {
+    let slot = &shared.streams[index];
+    let id = shared.id_base + index as u64;
+    let mut permit = permits.acquire().await.ok();
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        target.path_for(id),
+        target.host
+    );
+    let mut io = match connect(target.addr, source(index, sources)).await {
+        Ok(io) => io,
+        Err(e) => return fail(&shared, slot, "connect", &e),
+    };
+    let mut ready = false;
+    let mut first_answer = true;
+    let mut buf = Vec::new();
+    loop {
+        if let Err(e) = io.write_all(request.as_bytes()).await {
+            return fail(&shared, slot, "write request", &e);
+        }
+        if !ready {
+            mark_ready(&shared, slot, &mut ready);
+            permit.take();
+        }
+        let head = match read_head(&mut io, &mut buf).await {
+            Ok(head) => head,
+            Err(_) => break,
+        };
+        let (status, close) = (head.status, head.close);
+        let Ok(body) = read_body(&mut io, head).await else {
+            break;
+        };
+        if status != 200 {
+            if first_answer {
+                // Refused (429, 503...) after counting as subscribed: undo that.
+                shared.ready.fetch_sub(1, Ordering::Relaxed);
+                refuse(&shared, slot, status);
+                return;
+            }
+            break;
+        }
+        first_answer = false;
+        if find(&body, b"\"PENDING\"").is_none() {
+            record_outcome(&shared, slot);
+            break;
+        }
+        slot.timeouts.fetch_add(1, Ordering::Relaxed);
+        if close {
+            break;
+        }
+    }
+    if slot.outcomes.load(Ordering::Relaxed) == 0 {
+        slot.state.store(state::ENDED_EARLY, Ordering::Relaxed);
+    }
+}
+
+/// Opens a WebSocket: writes the upgrade request and reads the answer's head.
+async fn ws_connect(
+    target: &Target,
+    id: u64,
+    from: SocketAddr,
+) -> Result<(TcpStream, Head), (&'static str, std::io::Error)> {
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {WS_KEY}\r\n\r\n",
+        target.path_for(id),
+        target.host
+    );
+    let mut io = connect(target.addr, from)
+        .await
+        .map_err(|e| ("connect", e))?;
+    io.write_all(request.as_bytes())
+        .await
+        .map_err(|e| ("write request", e))?;
+    let mut buf = Vec::new();
+    let head = read_head(&mut io, &mut buf)
+        .await
+        .map_err(|e| ("read response head", e))?;
+    Ok((io, head))
+}
+
+/// The first whole frame in `buf`: opcode, payload range, frame length.
+fn ws_frame(buf: &[u8]) -> Option<(u8, std::ops::Range<usize>, usize)> {
+    let (&first, &second) = (buf.first()?, buf.get(1)?);
+    let mut at = 2;
+    let mut len = usize::from(second & 0x7f);
+    if len == 126 {
+        len = usize::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?));
+        at = 4;
+    } else if len == 127 {
+        len = usize::try_from(u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)).ok()?;
+        at = 10;
+    }
+    if second & 0x80 != 0 {
+        at += 4; // a masked frame: servers do not send them
+    }
+    (buf.len() >= at + len).then_some((first & 0x0f, at..at + len, at + len))
+}
+
+/// One WebSocket waiter: subscribed after the `PENDING` frame (paypush) or
+/// the `101` (nchan, `--ready headers`); done at the first other text frame,
+/// then closes, as a checkout page does. Pings are answered.
+async fn run_ws(
+    shared: Arc<Shared>,
+    target: Arc<Target>,
+    index: usize,
+    sources: u8,
+    ready_on: Ready,
+    permits: Arc<Semaphore>,
+) {
+    let slot = &shared.streams[index];
+    let id = shared.id_base + index as u64;
+    let permit = permits.acquire().await;
+    let (mut io, head) = match ws_connect(&target, id, source(index, sources)).await {
+        Ok(connected) => connected,
+        Err((step, e)) => return fail(&shared, slot, step, &e),
+    };
+    if head.status != 101 {
+        return refuse(&shared, slot, head.status);
+    }
+    let mut ready = false;
+    if ready_on == Ready::Headers {
+        mark_ready(&shared, slot, &mut ready);
+    }
+    drop(permit);
+    let mut buf = head.rest;
+    let mut ended_by = None;
+    'read: loop {
+        while let Some((opcode, payload, length)) = ws_frame(&buf) {
+            let text = &buf[payload.clone()];
+            match opcode {
+                WS_TEXT | WS_BINARY if find(text, b"\"PENDING\"").is_some() => {
+                    mark_ready(&shared, slot, &mut ready)
+                }
+                WS_TEXT | WS_BINARY => record_outcome(&shared, slot),
+                WS_CLOSE => {
+                    if find(text, b"timeout").is_some() {
+                        slot.timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    break 'read;
+                }
+                WS_PING => {
+                    // A pong, masked (as client frames must be) with a zero key.
+                    let mut pong = vec![0x8A, 0x80 | (payload.len() as u8 & 0x7f), 0, 0, 0, 0];
+                    pong.extend_from_slice(text);
+                    if io.write_all(&pong).await.is_err() {
+                        break 'read;
+                    }
+                }
+                _ => {}
+            }
+            buf.drain(..length);
+        }
+        if slot.outcomes.load(Ordering::Relaxed) > 0 {
+            break;
+        }
+        let mut chunk = [0u8; READ_CHUNK];
+        match io.read(&mut chunk).await {
+            Ok(0) => break,
+            Err(e) => {
+                ended_by = Some(e);
+                break;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    if !ready {
+        let e = ended_by.unwrap_or_else(|| std::io::ErrorKind::UnexpectedEof.into());
+        return fail(&shared, slot, "wait for pending", &e);
+    }
+    if slot.outcomes.load(Ordering::Relaxed) == 0 {
+        slot.state.store(state::ENDED_EARLY, Ordering::Relaxed);
+    }
+}
+
+/// Opens one WebSocket for a payment nobody else uses and says whether the
+/// server sends a `PENDING` frame on it.
+async fn probe_ws_ready_mode(subscribe: &Target, id: u64) -> Result<Ready, String> {
+    let (mut io, head) = ws_connect(subscribe, id, source(0, 1))
+        .await
+        .map_err(|(step, e)| format!("probe socket, {step}: {e}"))?;
+    if head.status != 101 {
+        return Err(format!("the probe socket got status {}", head.status));
+    }
+    let mut buf = head.rest;
+    let deadline = Instant::now() + PROBE_WAIT;
+    loop {
+        if let Some((opcode, payload, _)) = ws_frame(&buf) {
+            let pending = opcode == WS_TEXT && find(&buf[payload], b"\"PENDING\"").is_some();
+            return Ok(if pending {
+                Ready::Pending
+            } else {
+                Ready::Headers
+            });
+        }
+        let mut chunk = [0u8; READ_CHUNK];
+        match timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            io.read(&mut chunk),
+        )
+        .await
+        {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return Ok(Ready::Headers),
+        }
     }
 }
 
@@ -881,6 +1174,7 @@ impl Percentiles {
 #[derive(Debug, Serialize)]
 struct Report {
     label: String,
+    transport: Transport,
     ready_mode: Ready,
     streams_requested: usize,
     streams_held: usize,
@@ -936,12 +1230,11 @@ async fn run(args: Args) -> Result<(), String> {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         eprintln!("loadgen: cannot raise the open-file limit: {e}");
     }
-    let subscribe = Arc::new(
-        args.subscribe
-            .iter()
-            .map(|url| Target::parse(url))
-            .collect::<Result<Vec<_>, _>>()?,
-    );
+    let subscribe = args
+        .subscribe
+        .iter()
+        .map(|url| Target::parse(url).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
     let publish = args
         .publish
         .iter()
@@ -955,12 +1248,18 @@ async fn run(args: Args) -> Result<(), String> {
             .map_or(0, |d| d.as_micros());
         u64::try_from(micros).unwrap_or(1) - 1_577_836_800_000_000
     });
-    let ready_mode = match args.ready {
-        Ready::Auto => {
+    let ready_mode = match (args.ready, args.transport) {
+        // A long-poll is told nothing until its answer: it counts as
+        // waiting once its request is written (`--settle` covers the rest).
+        (_, Transport::Poll) => Ready::Headers,
+        (Ready::Auto, transport) => {
             let probe_id = id_base + (args.streams.max(callbacks) + 1) as u64;
-            probe_ready_mode(&subscribe[0], probe_id).await?
+            match transport {
+                Transport::Ws => probe_ws_ready_mode(&subscribe[0], probe_id).await?,
+                _ => probe_ready_mode(&subscribe[0], probe_id).await?,
+            }
         }
-        other => other,
+        (other, _) => other,
     };
     let memory_before = read_memory(&args.server_pid);
     let shared = Arc::new(Shared {
@@ -984,14 +1283,30 @@ async fn run(args: Args) -> Result<(), String> {
     let open_start = Instant::now();
     let permits = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     for index in 0..args.streams {
-        tokio::spawn(run_stream(
-            shared.clone(),
-            subscribe.clone(),
-            index,
-            args.sources,
-            ready_mode,
-            permits.clone(),
-        ));
+        // Stream `i` goes to the `i % n`-th instance.
+        let subscribe = subscribe[index % subscribe.len()].clone();
+        let (shared, permits) = (shared.clone(), permits.clone());
+        match args.transport {
+            Transport::Sse => tokio::spawn(run_stream(
+                shared,
+                subscribe,
+                index,
+                args.sources,
+                ready_mode,
+                permits,
+            )),
+            Transport::Poll => {
+                tokio::spawn(run_poll(shared, subscribe, index, args.sources, permits))
+            }
+            Transport::Ws => tokio::spawn(run_ws(
+                shared,
+                subscribe,
+                index,
+                args.sources,
+                ready_mode,
+                permits,
+            )),
+        };
     }
     let open_deadline = open_start + *args.open_timeout;
     let mut last_progress = (0, Instant::now());
@@ -1153,6 +1468,7 @@ fn report(
     let delivered = latencies.len();
     Report {
         label: args.label.clone(),
+        transport: args.transport,
         ready_mode,
         streams_requested: args.streams,
         streams_held: held,
@@ -1343,6 +1659,19 @@ mod tests {
             |e| seen.push(e),
         );
         assert_eq!(seen, vec![SseEvent::Pending, SseEvent::Outcome]);
+    }
+
+    #[test]
+    fn websocket_frames_parse_with_each_length_form() {
+        assert_eq!(ws_frame(&[0x81, 2, b'o', b'k']), Some((WS_TEXT, 2..4, 4)));
+        assert_eq!(ws_frame(&[0x81, 2, b'o']), None, "incomplete");
+        let mut medium = vec![0x81, 126, 0, 200];
+        medium.extend(vec![b'x'; 200]);
+        assert_eq!(ws_frame(&medium), Some((WS_TEXT, 4..204, 204)));
+        let mut long = vec![0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0];
+        long.extend(vec![0; 65536]);
+        assert_eq!(ws_frame(&long), Some((WS_BINARY, 10..65546, 65546)));
+        assert_eq!(ws_frame(&[0x88, 0]), Some((WS_CLOSE, 2..2, 2)));
     }
 
     #[test]

@@ -238,6 +238,25 @@ impl Backplane {
         })
     }
 
+    /// The outcome recorded for `id`, here or (Redis mode) anywhere, without
+    /// registering a waiter: for answers given at once.
+    pub async fn lookup(
+        &self,
+        hub: &Hub,
+        id: PayRecordId,
+    ) -> Result<Option<Arc<Outcome>>, Unavailable> {
+        if let Some(outcome) = hub.recorded(id) {
+            return Ok(Some(outcome));
+        }
+        let recorded = match self {
+            Backplane::Memory => return Ok(None),
+            Backplane::Redis(redis) => redis.recorded(id).await?,
+            // A read without subscribing: nothing waits for what comes next.
+            Backplane::Cluster(cluster) => cluster.lookup(id).await?,
+        };
+        Ok(recorded.map(Arc::new))
+    }
+
     /// Remembers a signed callback's nonce, cluster-wide in Redis mode.
     /// Wait for the returned [`Stored`] before answering.
     pub async fn remember_nonce(

@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::ffi::OsStr;
+
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 
 use crate::backplane::{RedisNodes, RedisUrl};
@@ -26,6 +30,9 @@ pub const DEFAULT_MAX_STREAMS_PER_PAYMENT: &str = "16";
 pub const DEFAULT_DATA_DIR: &str = "paypush-data";
 /// Default bound on remembered outcomes.
 pub const DEFAULT_MAX_OUTCOMES: &str = "5000000";
+/// Default cap of concurrent HTTP/2 streams on one connection: a proxy
+/// multiplexes thousands of waiting pages over a few h2c connections.
+pub const DEFAULT_H2_MAX_STREAMS: &str = "10000";
 /// File descriptors kept free for callbacks, Redis, the listener and logs when
 /// the total stream limit is sized from the open-file limit.
 pub const RESERVED_FDS: u64 = 512;
@@ -99,7 +106,8 @@ pub struct Config {
         long,
         env = "PAYPUSH_REDIS_URL",
         value_name = "URL",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = RedisUrlParser
     )]
     pub redis_url: Option<RedisUrl>,
 
@@ -130,6 +138,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_outcomes: u64,
 
+    /// Concurrent streams one HTTP/2 (h2c) connection may carry, e.g. from a proxy.
+    #[arg(long, env = "PAYPUSH_H2_MAX_STREAMS", value_name = "N", default_value = DEFAULT_H2_MAX_STREAMS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub h2_max_streams: u32,
+
     /// Answer these origins' cross-origin requests (comma-separated, e.g. https://shop.example.com).
     #[arg(long, env = "PAYPUSH_ALLOW_ORIGIN", value_name = "LIST", value_delimiter = ',',
           value_parser = parse_origin)]
@@ -138,6 +151,18 @@ pub struct Config {
     /// Serve the demo page from this folder instead of the files built into the binary.
     #[arg(long, env = "PAYPUSH_STATIC_DIR", value_name = "DIR")]
     pub static_dir: Option<PathBuf>,
+
+    /// This server's public URL (e.g. https://pay.example.com), encoded in the demo page's QR code [default: the request's Host].
+    #[arg(long, env = "PAYPUSH_PUBLIC_URL", value_name = "URL", value_parser = parse_public_url)]
+    pub public_url: Option<String>,
+
+    /// Turn the demo page, its files and /qr.svg off (404), for production.
+    #[arg(long, env = "PAYPUSH_NO_DEMO_PAGE")]
+    pub no_demo_page: bool,
+
+    /// Serve /metrics on this (internal) address instead; the main address then answers it with 404 [default: on --bind].
+    #[arg(long, env = "PAYPUSH_METRICS_BIND", value_name = "ADDR")]
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 /// The helper subcommands, for curl and for the merchant's backend.
@@ -205,6 +230,95 @@ fn parse_origin(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// A base URL like `https://pay.example.com` or `https://example.com/paypush`:
+/// `http` or `https`, a host, an optional path, no query or fragment; kept
+/// without its trailing `/`.
+fn parse_public_url(s: &str) -> Result<String, String> {
+    let s = s.trim().trim_end_matches('/');
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or_else(|| format!("{s:?} is not a URL like https://pay.example.com"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || s.contains(['?', '#', ' ', '@']) {
+        return Err(format!(
+            "{s:?} is not a URL like https://pay.example.com (no user, query or fragment)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// Parses `--redis-url` itself: clap's own error would quote the value, and
+/// with it the password; this one quotes it through [`redact_url`].
+#[derive(Clone, Debug)]
+struct RedisUrlParser;
+
+impl TypedValueParser for RedisUrlParser {
+    type Value = RedisUrl;
+
+    fn parse_ref(
+        &self,
+        _command: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<RedisUrl, clap::Error> {
+        let text = value.to_string_lossy();
+        text.parse::<RedisUrl>().map_err(|why| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!(
+                    "invalid value '{}' for '--redis-url <URL>': {why}\n",
+                    redact_url(&text)
+                ),
+            )
+        })
+    }
+}
+
+/// `url` with its password (and any `pass`/`password` query value) shown as
+/// `***`: `redis://user:***@host:6379/0`. A user part without `:` may be a
+/// password alone, and is hidden whole.
+///
+/// By hand rather than with the `url` crate: the URLs shown are the ones that
+/// failed to parse (a bad port, a stray character), which `url` would refuse
+/// too, so the text is cut at `://`, the last `@` and the query instead.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = match rest.rfind('@') {
+        Some(at) => {
+            let (user_info, host) = rest.split_at(at);
+            match user_info.split_once(':') {
+                Some((user, _)) => format!("{user}:{REDACTED}{host}"),
+                None => format!("{REDACTED}{host}"),
+            }
+        }
+        None => rest.to_string(),
+    };
+    let rest = match rest.split_once('?') {
+        Some((before, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.to_ascii_lowercase().contains("pass") => {
+                        format!("{key}={REDACTED}")
+                    }
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{before}?{}", query.join("&"))
+        }
+        None => rest,
+    };
+    if scheme.is_empty() && !url.contains("://") {
+        rest
+    } else {
+        format!("{scheme}://{rest}")
+    }
+}
+
+/// What a hidden secret is shown as.
+const REDACTED: &str = "***";
+
 fn parse_pay_record_id(s: &str) -> Result<PayRecordId, String> {
     PayRecordId::parse(s)
         .map_err(|_| "must be an integer from 1 to 9223372036854775807".to_string())
@@ -240,6 +354,22 @@ mod tests {
     }
 
     #[test]
+    fn redacted_urls_hide_passwords_only() {
+        for (url, shown) in [
+            ("redis://:pw@h:1/0", "redis://:***@h:1/0"),
+            ("redis://u:pw@h", "redis://u:***@h"),
+            ("redis://pw@h", "redis://***@h"),
+            ("redis://h:6379", "redis://h:6379"),
+            (
+                "redis+unix:///s?db=1&pass=pw",
+                "redis+unix:///s?db=1&pass=***",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         for args in [
             &["paypush", "--push-timeout", "soon"][..],
@@ -254,6 +384,8 @@ mod tests {
                 "--redis-cluster",
                 "redis://127.0.0.1:7000",
             ],
+            &["paypush", "--public-url", "pay.example.com"],
+            &["paypush", "--public-url", "https://pay.example.com/?a=1"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }

@@ -30,6 +30,9 @@ pub enum ApiError {
     InvalidSignature(SignatureError),
     /// A subscribe token is required and missing or wrong.
     InvalidToken,
+    /// A WebSocket request from a page of neither this server's origin nor
+    /// an `--allow-origin` one (cross-site WebSocket hijacking).
+    ForbiddenOrigin,
     /// A query string or header that cannot be read.
     InvalidRequest(&'static str),
     /// Not ready to accept callbacks (Redis mode: Redis unreachable).
@@ -46,10 +49,13 @@ pub enum ApiError {
     ShuttingDown,
     /// No route has this path.
     NotFound,
-    /// The route exists, the method does not.
-    MethodNotAllowed,
+    /// The route exists, the method does not; the route's methods, for the
+    /// `Allow` header (e.g. `GET, POST`).
+    MethodNotAllowed(&'static str),
     /// The body is over the limit.
     PayloadTooLarge,
+    /// The body did not arrive in time (see [`crate::routes::BODY_READ_TIMEOUT`]).
+    RequestTimeout,
     /// The body is neither form-encoded nor JSON.
     UnsupportedMediaType,
     /// Something paypush did not expect; logged.
@@ -75,14 +81,15 @@ impl ApiError {
             | ApiError::InvalidBody(_)
             | ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
-            ApiError::InvalidToken => StatusCode::FORBIDDEN,
+            ApiError::InvalidToken | ApiError::ForbiddenOrigin => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::OutcomeConflict(_) => StatusCode::CONFLICT,
             ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::OverCapacity | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -96,6 +103,7 @@ impl ApiError {
             ApiError::InvalidBody(_) => "invalid_body",
             ApiError::InvalidSignature(_) => "invalid_signature",
             ApiError::InvalidToken => "invalid_token",
+            ApiError::ForbiddenOrigin => "forbidden_origin",
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::NotReady => "not_ready",
@@ -104,8 +112,9 @@ impl ApiError {
             ApiError::OverCapacity => "over_capacity",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Internal => "internal_error",
         }
@@ -125,6 +134,9 @@ impl ApiError {
             ApiError::InvalidToken => {
                 "A valid subscribe token for this payment is required (token=...).".into()
             }
+            ApiError::ForbiddenOrigin => {
+                "This origin may not open a WebSocket here (see --allow-origin).".into()
+            }
             ApiError::InvalidRequest(why) => format!("The request cannot be read: {why}."),
             ApiError::Unavailable(why) => format!("Unavailable: {why}; retry later."),
             ApiError::NotReady => "Not ready: the outcome store (the data folder, or Redis) cannot take outcomes now.".into(),
@@ -138,8 +150,14 @@ impl ApiError {
             ApiError::OverCapacity => "The server holds as many streams as it can; retry later.".into(),
             ApiError::ShuttingDown => "The server is shutting down; retry on another instance.".into(),
             ApiError::NotFound => "No such route.".into(),
-            ApiError::MethodNotAllowed => "This route does not accept that HTTP method.".into(),
+            ApiError::MethodNotAllowed(allow) => {
+                format!("This route does not accept that HTTP method; it accepts {allow}.")
+            }
             ApiError::PayloadTooLarge => "The request body is over 16 KiB.".into(),
+            ApiError::RequestTimeout => format!(
+                "The request body did not arrive within {} seconds of its headers.",
+                crate::routes::BODY_READ_TIMEOUT.as_secs()
+            ),
             ApiError::UnsupportedMediaType => {
                 "Send the callback as application/x-www-form-urlencoded or application/json.".into()
             }
@@ -176,6 +194,18 @@ impl Reply for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let ApiError::MethodNotAllowed(allow) = self {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if matches!(self, ApiError::RequestTimeout) {
+            // The rest of the body may still come: the connection cannot be
+            // reused, and must not stay held by the slow client.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -187,7 +217,10 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallib
     } else if rejection.is_not_found() {
         ApiError::NotFound
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::MethodNotAllowed
+        // Every route checks its method with `routes::methods`, which names
+        // them; warp's own rejection would be a route that forgot to.
+        log::error!("405 without the route's methods: {rejection:?}");
+        ApiError::MethodNotAllowed("GET")
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::PayloadTooLarge
     } else if rejection
@@ -207,7 +240,7 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallib
         StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
             log::debug!("refused: {}", error.code())
         }
-        _ => log::warn!("refused: {} ({})", error.code(), error.message()),
+        _ => crate::refusals::refused(error.code(), error.message()),
     }
     Ok(error.into_response())
 }
@@ -224,6 +257,7 @@ impl From<InvalidCallback> for ApiError {
             InvalidCallback::PayRecordId => ApiError::InvalidPayRecordId,
             InvalidCallback::Status => ApiError::InvalidStatus,
             InvalidCallback::NotAnObject => ApiError::InvalidBody("it must be a JSON object"),
+            InvalidCallback::RepeatedKey => ApiError::InvalidBody("a key is repeated"),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use warp::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY};
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Rejection;
@@ -14,12 +14,22 @@ use warp::Rejection;
 use crate::app::App;
 use crate::backplane::{RecordError, Unavailable};
 use crate::error::ApiError;
-use crate::hub::{Completion, NonceCheck, Refusal, Stored, SubscribeError, Subscription};
+use crate::hub::{
+    Completion, NonceCheck, Refusal, Stored, SubscribeError, Subscription, Transport,
+};
 use crate::metrics::CallbackResult;
 use crate::model::{single, Callback, CallbackJson, Outcome, PayRecordId};
 use crate::signature::{self, SignatureError, SignatureHeaders, SignedParts};
 use crate::sse;
 use crate::store::StoreError;
+
+/// The demo page's `Content-Security-Policy`: everything from its own origin
+/// only (`'self'` covers its `EventSource`, `fetch` and same-origin
+/// WebSocket), no inline script or style, no plugins, no `<base>`, forms
+/// only to itself, and no framing (clickjacking).
+pub const DEMO_PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+     form-action 'self'; frame-ancestors 'none'";
 
 /// The files of `static/`, built into the binary.
 static STATIC_FILES: include_dir::Dir<'_> = include_dir::include_dir!("$CARGO_MANIFEST_DIR/static");
@@ -31,14 +41,8 @@ pub async fn push(
     last_event_id: Option<String>,
     app: App,
 ) -> Result<Response, Rejection> {
-    let id = PayRecordId::from_pairs(&query).map_err(|_| ApiError::InvalidPayRecordId)?;
-    if let Some(secret) = &app.config.subscribe_secret {
-        let token = single(&query, "token").ok().flatten().unwrap_or_default();
-        if !signature::verify_token(secret, id, token) {
-            return Err(ApiError::InvalidToken.into());
-        }
-    }
-    let mut response = match subscribe(&app, id).await {
+    let id = authorize(&app, &query)?;
+    let mut response = match subscribe(&app, id, Transport::Sse).await {
         Ok(Subscription::Recorded(outcome))
             if last_event_id.as_deref() == Some(&outcome.event_id()) =>
         {
@@ -132,22 +136,43 @@ impl CallbackRequest {
     }
 }
 
-/// Registers a stream locally, then (Redis mode) reads the outcome recorded
+/// The payment a subscribe request (`/push`, `/status`, `/ws`) names, once
+/// its `payRecordId` is valid and, with a subscribe secret, its token right.
+pub(crate) fn authorize(app: &App, query: &[(String, String)]) -> Result<PayRecordId, ApiError> {
+    let id = PayRecordId::from_pairs(query).map_err(|_| ApiError::InvalidPayRecordId)?;
+    if let Some(secret) = &app.config.subscribe_secret {
+        let token = single(query, "token").ok().flatten().unwrap_or_default();
+        if !signature::verify_token(secret, id, token) {
+            return Err(ApiError::InvalidToken);
+        }
+    }
+    Ok(id)
+}
+
+/// Registers a waiter locally, then (Redis mode) reads the outcome recorded
 /// elsewhere, so no callback slips between the two. If Redis cannot be read,
-/// the stream waits: the subscriber catches up when Redis is back.
-async fn subscribe(app: &App, id: PayRecordId) -> Result<Subscription, SubscribeError> {
-    let subscription = app.hub.subscribe(id)?;
+/// the waiter waits: the subscriber catches up when Redis is back.
+pub(crate) async fn subscribe(
+    app: &App,
+    id: PayRecordId,
+    transport: Transport,
+) -> Result<Subscription, SubscribeError> {
+    let subscription = app.hub.subscribe_via(id, transport)?;
     let Subscription::Waiting(waiting) = subscription else {
         return Ok(subscription);
     };
     match app.backplane.catch_up(&app.hub, id).await {
         Ok(true) => {
             drop(waiting);
-            app.hub.subscribe(id)
+            app.hub.subscribe_via(id, transport)
         }
         Ok(false) => Ok(Subscription::Waiting(waiting)),
         Err(e) => {
-            log::debug!("push {id}: cannot read Redis ({}); waiting", e.0);
+            log::debug!(
+                "{} {id}: cannot read Redis ({}); waiting",
+                transport.label(),
+                e.0
+            );
             Ok(Subscription::Waiting(waiting))
         }
     }
@@ -156,7 +181,7 @@ async fn subscribe(app: &App, id: PayRecordId) -> Result<Subscription, Subscribe
 /// A backplane failure: the client should retry. The refusal itself is
 /// logged once, as a warning, by the rejection handler; the subscriber logs
 /// the outage once; the cause of each refusal is detail.
-fn unavailable(e: Unavailable) -> ApiError {
+pub(crate) fn unavailable(e: Unavailable) -> ApiError {
     log::debug!("Redis unavailable: {}", e.0);
     ApiError::Unavailable("the outcome store (Redis) cannot be reached")
 }
@@ -227,7 +252,8 @@ pub async fn callback(request: CallbackRequest, app: App) -> Result<Response, Re
             (outcome, true)
         }
         Completion::Conflict(outcome) => {
-            log::warn!(
+            // The refusal itself is logged (rate-limited) with the error.
+            log::debug!(
                 "callback {id} {status}: conflicts with recorded {}",
                 outcome.status
             );
@@ -296,6 +322,12 @@ pub fn static_file((name, contents): StaticFile) -> Response {
         headers.insert(CONTENT_TYPE, value);
     }
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(DEMO_PAGE_CSP),
+    );
+    // The page's URL may hold a subscribe token: never send it elsewhere.
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     response
 }
 

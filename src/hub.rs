@@ -80,6 +80,8 @@ struct State {
     recorded_outcomes: usize,
     /// Waiting streams alive now, across all payments.
     open_streams: usize,
+    /// The same, by transport (indexed by [`Transport`]).
+    open_by_transport: [usize; Transport::COUNT],
     /// Tells a stream's own sender apart from the other streams of its payment.
     next_waiter: u64,
     /// Set once; after it, nothing new waits and the purge task stops.
@@ -144,6 +146,36 @@ pub struct Waiting {
     hub: Hub,
     pay_record_id: PayRecordId,
     waiter: u64,
+    transport: Transport,
+}
+
+/// How a waiter waits: the wire format it turns its [`Waiting`] into. The
+/// hub treats them all alike (same limits, same shutdown) and only counts
+/// them apart, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// `GET /push`, Server-Sent Events.
+    Sse,
+    /// `GET /status?wait=S`, a long-poll.
+    Poll,
+    /// `GET /ws`, a WebSocket.
+    Ws,
+}
+
+impl Transport {
+    /// How many transports there are.
+    pub const COUNT: usize = 3;
+    /// Every transport, in the order of the enum.
+    pub const ALL: [Transport; Transport::COUNT] = [Transport::Sse, Transport::Poll, Transport::Ws];
+
+    /// The `transport` label of the metrics: `sse`, `poll` or `ws`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Poll => "poll",
+            Transport::Ws => "ws",
+        }
+    }
 }
 
 /// Why a stream was refused.
@@ -233,8 +265,10 @@ pub const MAX_NONCES: usize = 1_000_000;
 /// A snapshot of the hub's size, for `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stats {
-    /// Waiting streams alive now.
+    /// Waiting streams alive now (every transport).
     pub open_streams: usize,
+    /// Waiters alive now, by transport (indexed by [`Transport`]).
+    pub open_by_transport: [usize; Transport::COUNT],
     /// Payments with at least one waiting stream.
     pub waiting_payments: usize,
     /// Outcomes remembered now.
@@ -312,8 +346,18 @@ impl Hub {
         self.store().is_none_or(Store::is_healthy)
     }
 
-    /// Registers a stream for `id`, or returns its recorded outcome.
+    /// Registers an SSE stream for `id`, or returns its recorded outcome.
     pub fn subscribe(&self, id: PayRecordId) -> Result<Subscription, SubscribeError> {
+        self.subscribe_via(id, Transport::Sse)
+    }
+
+    /// Registers a waiter of this transport for `id`, or returns its recorded
+    /// outcome. Every transport shares the same limits.
+    pub fn subscribe_via(
+        &self,
+        id: PayRecordId,
+        transport: Transport,
+    ) -> Result<Subscription, SubscribeError> {
         let limits = self.shared.limits;
         let mut state = self.lock();
         if state.shutdown {
@@ -346,12 +390,23 @@ impl Hub {
         waiters.push(Waiter { id: waiter, sender });
         state.next_waiter += 1;
         state.open_streams += 1;
+        state.open_by_transport[transport as usize] += 1;
         Ok(Subscription::Waiting(Waiting {
             receiver,
             hub: self.clone(),
             pay_record_id: id,
             waiter,
+            transport,
         }))
+    }
+
+    /// The outcome recorded here for `id`, if any (durable, with a store),
+    /// without registering anything (so without counting against any limit).
+    pub fn recorded(&self, id: PayRecordId) -> Option<Arc<Outcome>> {
+        match self.lock().payments.get(&id) {
+            Some(Entry::Done { outcome, .. }) => Some(outcome.clone()),
+            _ => None,
+        }
     }
 
     /// Records `outcome` unless its payment has one (first outcome wins),
@@ -659,6 +714,7 @@ impl Hub {
         let state = self.lock();
         Stats {
             open_streams: state.open_streams,
+            open_by_transport: state.open_by_transport,
             waiting_payments: state.payments.len().saturating_sub(state.recorded_outcomes),
             recorded_outcomes: state.recorded_outcomes,
             store_bytes: self.store().map(Store::bytes_on_disk),
@@ -675,9 +731,10 @@ impl Hub {
     }
 
     /// Forgets one stream: called when its [`Waiting`] is dropped.
-    fn forget(&self, id: PayRecordId, waiter: u64) {
+    fn forget(&self, id: PayRecordId, waiter: u64, transport: Transport) {
         let mut state = self.lock();
         state.open_streams -= 1;
+        state.open_by_transport[transport as usize] -= 1;
         let Some(entry) = state.payments.get_mut(&id) else {
             return;
         };
@@ -730,11 +787,17 @@ impl Waiting {
     pub fn pay_record_id(&self) -> PayRecordId {
         self.pay_record_id
     }
+
+    /// How this waiter waits.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.hub.forget(self.pay_record_id, self.waiter);
+        self.hub
+            .forget(self.pay_record_id, self.waiter, self.transport);
     }
 }
 
@@ -858,6 +921,25 @@ mod tests {
             hub.subscribe(id(3)).unwrap_err(),
             SubscribeError::OverCapacity
         );
+    }
+
+    #[tokio::test]
+    async fn every_transport_counts_against_the_same_limits() {
+        let hub = hub(3, 2);
+        let _sse = waiting(hub.subscribe_via(id(1), Transport::Sse));
+        let _ws = waiting(hub.subscribe_via(id(1), Transport::Ws));
+        assert_eq!(
+            hub.subscribe_via(id(1), Transport::Poll).unwrap_err(),
+            SubscribeError::TooManyStreams
+        );
+        let poll = waiting(hub.subscribe_via(id(2), Transport::Poll));
+        assert_eq!(hub.stats().open_by_transport, [1, 1, 1]);
+        assert_eq!(
+            hub.subscribe_via(id(3), Transport::Ws).unwrap_err(),
+            SubscribeError::OverCapacity
+        );
+        drop(poll);
+        assert_eq!(hub.stats().open_by_transport, [1, 0, 1]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,30 +13,38 @@
 //!   a sharded channel per waiting payment.
 //! - [`config`]: flags and environment variables (clap).
 //! - [`model`]: `PayRecordId`, `Status`, `Outcome`, `Callback`: parsed once at the edge.
-//! - [`hub`]: the registry of waiting streams (oneshot senders) and remembered
+//! - [`hub`]: the registry of waiters of every transport (oneshot senders) and remembered
 //!   outcomes with their TTL; the only place that locks.
 //! - [`routes`]: warp filters, one per route; [`handlers`]: what they call.
-//! - [`sse`]: a subscription turned into its event stream.
+//! - [`sse`], [`poll`], [`ws`]: the transports, siblings: each turns the
+//!   hub's one waiter handle into its wire format (an event stream, one
+//!   long-poll JSON answer, WebSocket frames).
 //! - [`qr`]: the demo page's payment QR code (SVG).
 //! - [`error`]: the API's errors and the one rejection-to-JSON mapping.
+//! - [`refusals`]: refused requests logged at most once a second per kind.
 //! - [`metrics`]: Prometheus counters and the `/metrics` text.
 //! - [`app`]: the shared [`app::App`]: hub, backplane, metrics, configuration.
 //! - [`server`]: the HTTP loop with graceful shutdown.
+//! - [`cors`]: CORS headers for the `--allow-origin` list, none for anyone else.
 //! - [`shutdown`]: waits for SIGINT or SIGTERM.
 //! - [`signature`]: callback HMAC signatures, subscribe tokens, the redacting `Secret`.
 
 pub mod app;
 pub mod backplane;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod handlers;
 pub mod hub;
 pub mod metrics;
 pub mod model;
+pub mod poll;
 pub mod qr;
+pub mod refusals;
 pub mod routes;
 pub mod server;
 pub mod shutdown;
 pub mod signature;
 pub mod sse;
 pub mod store;
+pub mod ws;

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use futures_util::FutureExt;
 use paypush::app::App;
 use paypush::config::{Cli, Command, Config};
 use paypush::server;
@@ -110,13 +111,25 @@ async fn serve(config: Config) -> ExitCode {
     let address = listener
         .local_addr()
         .map_or_else(|_| app.config.bind.to_string(), |a| a.to_string());
-    let shutdown = paypush::shutdown::signal();
-    if app.config.callback_secret.is_none() {
-        log::warn!(
-            "demo mode: callbacks are unauthenticated, so anyone can mark any order as paid; \
-             set PAYPUSH_CALLBACK_SECRET in production"
-        );
-    }
+    let shutdown = paypush::shutdown::signal().shared();
+    let metrics_server = match app.config.metrics_bind {
+        Some(metrics_bind) => match bind(metrics_bind) {
+            Ok(listener) => {
+                let address = listener
+                    .local_addr()
+                    .map_or_else(|_| metrics_bind.to_string(), |a| a.to_string());
+                log::info!("metrics on http://{address}/metrics");
+                let serving = server::run_metrics(listener, app.clone(), shutdown.clone());
+                Some(tokio::spawn(serving))
+            }
+            Err(e) => {
+                log::error!("cannot listen on {metrics_bind} for metrics: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        },
+        None => None,
+    };
+    warn_about_open_modes(&app.config);
     let limits = app.hub.limits();
     log::info!(
         "paypush listening on http://{address} ({}; up to {} streams, {} per payment)",
@@ -125,8 +138,31 @@ async fn serve(config: Config) -> ExitCode {
         limits.max_streams_per_payment
     );
     server::run(listener, app, shutdown).await;
+    if let Some(metrics_server) = metrics_server {
+        if tokio::time::timeout(server::SHUTDOWN_GRACE, metrics_server)
+            .await
+            .is_err()
+        {
+            log::warn!("the metrics address still had open connections at exit");
+        }
+    }
     log::info!("paypush stopped");
     ExitCode::SUCCESS
+}
+
+/// Warns about settings that leave payments open to anyone.
+fn warn_about_open_modes(config: &Config) {
+    if config.callback_secret.is_none() {
+        log::warn!(
+            "demo mode: callbacks are unauthenticated, so anyone can mark any order as paid; \
+             set PAYPUSH_CALLBACK_SECRET in production"
+        );
+    } else if config.subscribe_secret.is_none() {
+        log::warn!(
+            "no subscribe secret: anyone who guesses a payment id can watch it and fill its \
+             stream slots; set PAYPUSH_SUBSCRIBE_SECRET in production"
+        );
+    }
 }
 
 /// Binds the listening socket with [`LISTEN_BACKLOG`].

@@ -2,16 +2,18 @@
 //!
 //! Counters are bumped where things happen; the sizes of the hub are read from
 //! it at scrape time, so no gauge can drift. No label ever carries a
-//! payRecordId: cardinality stays fixed.
+//! payRecordId: cardinality stays fixed. The waiter metrics carry a
+//! `transport` label (`sse`, `poll`, `ws`); `paypush_streams_open` stays the
+//! total of every transport.
 
 use std::time::SystemTime;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
-use crate::hub::Stats;
+use crate::hub::{Stats, Transport};
 use crate::model::{Outcome, Status};
 
 /// Buckets of the callback-to-delivery histogram, in seconds: paypush aims
@@ -61,10 +63,12 @@ pub struct Metrics {
     /// `paypush_callbacks_total`'s children, looked up once, by
     /// `[status][result]`: no label hashing per callback.
     callbacks: [[IntCounter; 3]; 3],
-    delivered: IntCounter,
-    timeouts: IntCounter,
+    /// By [`Transport`], like the other `[..; Transport::COUNT]` arrays.
+    delivered: [IntCounter; Transport::COUNT],
+    timeouts: [IntCounter; Transport::COUNT],
     delivery_seconds: Histogram,
     open_streams: IntGauge,
+    waiters_open: [IntGauge; Transport::COUNT],
     waiting_payments: IntGauge,
     recorded_outcomes: IntGauge,
     outcomes_refused: IntCounter,
@@ -84,28 +88,48 @@ impl Metrics {
             ),
             &["status", "result"],
         )?;
+        let delivered = IntCounterVec::new(
+            Opts::new(
+                "outcomes_delivered_total",
+                "Outcomes written to waiters (stream events, long-poll answers, WebSocket frames), by transport.",
+            ),
+            &["transport"],
+        )?;
+        let timeouts = IntCounterVec::new(
+            Opts::new(
+                "push_timeouts_total",
+                "Waiters that reached their timeout without an outcome, by transport.",
+            ),
+            &["transport"],
+        )?;
+        let waiters_open = IntGaugeVec::new(
+            Opts::new("waiters_open", "Waiters open now, by transport."),
+            &["transport"],
+        )?;
+        let by_transport = |vec: &IntCounterVec| {
+            Transport::ALL.map(|transport| vec.with_label_values(&[transport.label()]))
+        };
         let metrics = Metrics {
             registry: Registry::new_custom(Some("paypush".into()), None)?,
             callbacks: Status::ALL.map(|status| {
                 CallbackResult::ALL
                     .map(|result| callbacks.with_label_values(&[status.as_str(), result.label()]))
             }),
-            delivered: IntCounter::new(
-                "outcomes_delivered_total",
-                "Outcome events written to streams.",
-            )?,
-            timeouts: IntCounter::new(
-                "push_timeouts_total",
-                "Streams that ended with event: timeout.",
-            )?,
+            delivered: by_transport(&delivered),
+            timeouts: by_transport(&timeouts),
+            waiters_open: Transport::ALL
+                .map(|transport| waiters_open.with_label_values(&[transport.label()])),
             delivery_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "delivery_seconds",
-                    "Time from the callback's acceptance to the outcome event on a waiting stream.",
+                    "Time from the callback's acceptance to the outcome written to a waiter.",
                 )
                 .buckets(DELIVERY_BUCKETS.to_vec()),
             )?,
-            open_streams: IntGauge::new("streams_open", "Waiting streams open now.")?,
+            open_streams: IntGauge::new(
+                "streams_open",
+                "Waiters open now, every transport together.",
+            )?,
             waiting_payments: IntGauge::new(
                 "payments_waiting",
                 "Payments with at least one waiting stream.",
@@ -140,8 +164,9 @@ impl Metrics {
         };
         let r = &metrics.registry;
         r.register(Box::new(callbacks))?;
-        r.register(Box::new(metrics.delivered.clone()))?;
-        r.register(Box::new(metrics.timeouts.clone()))?;
+        r.register(Box::new(delivered))?;
+        r.register(Box::new(timeouts))?;
+        r.register(Box::new(waiters_open))?;
         r.register(Box::new(metrics.delivery_seconds.clone()))?;
         r.register(Box::new(metrics.open_streams.clone()))?;
         r.register(Box::new(metrics.waiting_payments.clone()))?;
@@ -159,9 +184,9 @@ impl Metrics {
         self.callbacks[status as usize][result as usize].inc();
     }
 
-    /// Counts an outcome event written to a waiting stream.
-    pub fn delivered(&self, outcome: &Outcome) {
-        self.delivered.inc();
+    /// Counts an outcome written to a waiter of this transport.
+    pub fn delivered(&self, outcome: &Outcome, transport: Transport) {
+        self.delivered[transport as usize].inc();
         if let Ok(elapsed) = SystemTime::now().duration_since(outcome.completed_at) {
             self.delivery_seconds.observe(elapsed.as_secs_f64());
         }
@@ -187,14 +212,17 @@ impl Metrics {
         self.pubsub_messages.clone()
     }
 
-    /// Counts a stream that timed out.
-    pub fn timed_out(&self) {
-        self.timeouts.inc();
+    /// Counts a waiter of this transport that timed out.
+    pub fn timed_out(&self, transport: Transport) {
+        self.timeouts[transport as usize].inc();
     }
 
     /// The text exposition, with the hub's sizes as of now.
     pub fn render(&self, stats: Stats) -> Result<String, prometheus::Error> {
         self.open_streams.set(gauge(stats.open_streams));
+        for (gauge_of, open) in self.waiters_open.iter().zip(stats.open_by_transport) {
+            gauge_of.set(gauge(open));
+        }
         self.waiting_payments.set(gauge(stats.waiting_payments));
         self.recorded_outcomes.set(gauge(stats.recorded_outcomes));
         self.store_bytes

@@ -8,7 +8,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Serialize, Serializer};
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A payment's identifier: a decimal integer from 1 to `i64::MAX`, written
 /// exactly as `[1-9][0-9]*` (Java `Long`'s positive range, as in the original
@@ -257,6 +258,9 @@ pub enum InvalidCallback {
     Status,
     /// The JSON body is not an object.
     NotAnObject,
+    /// The JSON object has a key more than once: which value is meant is
+    /// ambiguous (parsers disagree: first wins, last wins, error).
+    RepeatedKey,
 }
 
 impl Callback {
@@ -277,9 +281,11 @@ impl Callback {
     /// From a JSON object: `{"payRecordId":"123","status":"SUCCESS"}`, the id
     /// as a string or a number, `status` absent or null meaning `SUCCESS`.
     pub fn from_json(body: &[u8]) -> Result<Callback, InvalidCallback> {
-        let value: serde_json::Value =
+        let JsonObject { object, repeated } =
             serde_json::from_slice(body).map_err(|_| InvalidCallback::NotAnObject)?;
-        let object = value.as_object().ok_or(InvalidCallback::NotAnObject)?;
+        if repeated {
+            return Err(InvalidCallback::RepeatedKey);
+        }
         let pay_record_id = match object.get("payRecordId") {
             Some(serde_json::Value::String(s)) => PayRecordId::parse(s).ok(),
             Some(serde_json::Value::Number(n)) => {
@@ -297,6 +303,39 @@ impl Callback {
             pay_record_id,
             status,
         })
+    }
+}
+
+/// A JSON object's top-level fields, and whether a key came more than once
+/// (`serde_json::Value` keeps the last silently).
+struct JsonObject {
+    object: serde_json::Map<String, serde_json::Value>,
+    repeated: bool,
+}
+
+impl<'de> Deserialize<'de> for JsonObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = JsonObject;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonObject, A::Error> {
+                let mut object = serde_json::Map::new();
+                let mut repeated = false;
+                while let Some(key) = map.next_key::<String>()? {
+                    let value = map.next_value()?;
+                    repeated |= object.insert(key, value).is_some();
+                }
+                Ok(JsonObject { object, repeated })
+            }
+        }
+
+        deserializer.deserialize_map(ObjectVisitor)
     }
 }
 

@@ -3,10 +3,12 @@
 //! [`crate::handlers`].
 //!
 //! Every route matches its path before its method, so an unknown path is a
-//! `404` and a known path with the wrong method a `405`.
+//! `404` and a known path with the wrong method a `405` whose `Allow`
+//! header lists the route's methods (see `methods`).
 
 use std::convert::Infallible;
 use std::pin::pin;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -19,14 +21,22 @@ use warp::{Buf, Filter, Rejection};
 use crate::app::App;
 use crate::error::{handle_rejection, ApiError};
 use crate::handlers::{self, CallbackRequest};
-use crate::qr;
+use crate::{poll, qr, ws};
 
 /// The largest callback body accepted, declared or chunked.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// A callback body must arrive within this time of its request head, else
+/// `408`: a client that declares a body and never sends it cannot hold a
+/// connection (and its file descriptor) for ever.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every route, with errors mapped to JSON.
 pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     push(app.clone())
+        .or(status(app.clone()))
+        .unify()
+        .or(websocket(app.clone()))
+        .unify()
         .or(callback(app.clone()))
         .unify()
         .or(healthz())
@@ -35,7 +45,7 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
         .unify()
         .or(metrics(app.clone()))
         .unify()
-        .or(qr_svg())
+        .or(qr_svg(app.clone()))
         .unify()
         .or(static_files(app))
         .unify()
@@ -46,18 +56,40 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
 /// GET /push?payRecordId=123
 pub fn push(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("push")
-        .and(warp::get())
+        .and(methods(&[Method::GET], "GET"))
         .and(query_pairs())
         .and(warp::header::optional::<String>("last-event-id"))
         .and(with_app(app))
         .and_then(handlers::push)
 }
 
+/// GET /status?payRecordId=123&wait=25
+pub fn status(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("status")
+        .and(methods(&[Method::GET], "GET"))
+        .and(query_pairs())
+        .and(with_app(app))
+        .and_then(poll::status)
+}
+
+/// GET /ws?payRecordId=123 (WebSocket)
+pub fn websocket(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("ws")
+        .and(methods(&[Method::GET], "GET"))
+        .and(query_pairs())
+        .and(warp::header::headers_cloned())
+        // Absent when the request is no upgrade: the handler refuses it as
+        // JSON, after the id and token checks, like every other refusal.
+        .and(warp::ext::optional::<ws::Upgrade>())
+        .and(with_app(app))
+        .and_then(ws::upgrade)
+}
+
 /// GET /pay-callback?payRecordId=123&status=SUCCESS
 /// POST /pay-callback (form-encoded or JSON body)
 pub fn callback(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("pay-callback")
-        .and(warp::get().or(warp::post()).unify())
+        .and(methods(&[Method::GET, Method::POST], "GET, POST"))
         .and(warp::method())
         .and(path_and_query())
         .and(warp::header::headers_cloned())
@@ -83,44 +115,100 @@ pub fn callback(app: App) -> impl Filter<Extract = (Response,), Error = Rejectio
 /// GET /healthz
 pub fn healthz() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("healthz")
-        .and(warp::get())
+        .and(methods(&[Method::GET], "GET"))
         .and_then(handlers::healthz)
 }
 
 /// GET /readyz
 pub fn readyz(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("readyz")
-        .and(warp::get())
+        .and(methods(&[Method::GET], "GET"))
         .and(with_app(app))
         .and_then(handlers::readyz)
 }
 
-/// GET /metrics
+/// GET /metrics (on the main address unless `--metrics-bind` moves it)
 pub fn metrics(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("metrics")
-        .and(warp::get())
+        .and(served_if(app.config.metrics_bind.is_none()))
+        .and(metrics_here(app))
+}
+
+/// Every route of the `--metrics-bind` address: GET /metrics, with errors
+/// mapped to JSON.
+pub fn metrics_only(app: App) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    warp::path!("metrics")
+        .and(metrics_here(app))
+        .recover(handle_rejection)
+        .unify()
+        .map(|mut response: Response| {
+            response.headers_mut().insert(
+                warp::http::header::X_CONTENT_TYPE_OPTIONS,
+                warp::http::HeaderValue::from_static("nosniff"),
+            );
+            response
+        })
+}
+
+/// The metrics reply, once the path matched.
+fn metrics_here(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    methods(&[Method::GET], "GET")
         .and(with_app(app))
         .and_then(handlers::metrics)
 }
 
 /// GET /qr.svg?payRecordId=123: the demo page's payment QR code
-pub fn qr_svg() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn qr_svg(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("qr.svg")
-        .and(warp::get())
+        .and(served_if(!app.config.no_demo_page))
+        .and(methods(&[Method::GET], "GET"))
         .and(query_pairs())
         .and(warp::host::optional())
+        .and(with_app(app))
         .and_then(qr::qr_svg)
 }
 
 /// GET /, GET /<file>: the demo page and its assets
 pub fn static_files(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path::tail()
+    served_if(!app.config.no_demo_page)
+        .and(warp::path::tail())
         .and(with_app(app))
         .and_then(|tail: warp::path::Tail, app: App| async move {
             handlers::find_static_file(&app, tail.as_str()).await
         })
-        .and(warp::get().or(warp::head()).unify())
+        .and(methods(&[Method::GET, Method::HEAD], "GET, HEAD"))
         .map(handlers::static_file)
+}
+
+/// Passes a request whose method is one of `allowed`; refuses any other with
+/// a `405` whose `Allow` header is `allow` (RFC 9110), e.g. `"GET, POST"`.
+fn methods(
+    allowed: &'static [Method],
+    allow: &'static str,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::method()
+        .and_then(move |method: Method| async move {
+            if allowed.contains(&method) {
+                Ok(())
+            } else {
+                Err(warp::reject::custom(ApiError::MethodNotAllowed(allow)))
+            }
+        })
+        .untuple_one()
+}
+
+/// Passes when `served`, else rejects as not found: the routes that
+/// `--no-demo-page` or `--metrics-bind` take off the main address.
+fn served_if(served: bool) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::any()
+        .and_then(move || async move {
+            if served {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
 }
 
 fn with_app(app: App) -> impl Filter<Extract = (App,), Error = Infallible> + Clone {
@@ -147,8 +235,19 @@ fn query_pairs() -> impl Filter<Extract = (Vec<(String, String)>,), Error = Reje
     warp::query::<Vec<(String, String)>>()
 }
 
-/// Reads a body of at most [`MAX_BODY_BYTES`], declared or chunked.
+/// Reads a body of at most [`MAX_BODY_BYTES`], declared or chunked, that
+/// arrives within [`BODY_READ_TIMEOUT`].
 async fn read_body(
+    headers: &HeaderMap,
+    body: impl Stream<Item = Result<impl Buf, warp::Error>>,
+) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(BODY_READ_TIMEOUT, read_body_untimed(headers, body))
+        .await
+        .unwrap_or(Err(ApiError::RequestTimeout))
+}
+
+/// [`read_body`] without its deadline.
+async fn read_body_untimed(
     headers: &HeaderMap,
     body: impl Stream<Item = Result<impl Buf, warp::Error>>,
 ) -> Result<Bytes, ApiError> {

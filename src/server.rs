@@ -1,24 +1,35 @@
 //! The HTTP server loop.
 //!
 //! warp's own `serve` exposes no connection settings, so paypush serves
-//! `warp::service(routes)` with hyper's HTTP/1 connection builder: that is
-//! where the request-header limit lives. [`run`] takes an already-bound
-//! listener, so tests bind port 0 and the binary stays thin.
+//! `warp::service(routes)` with hyper-util's `auto` connection builder: one
+//! listener speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c, what a
+//! proxy such as HAProxy or Envoy sends upstream), told apart by the HTTP/2
+//! preface. Each protocol's settings (head size limits, timeouts, buffers,
+//! stream counts, flow-control windows) live here. [`run`] takes an
+//! already-bound listener, so tests bind port 0 and the binary stays thin.
+//!
+//! An HTTP/1.1 connection may upgrade to a WebSocket (`/ws`): the socket
+//! then leaves hyper, so the graceful wait does not see it; it ends itself
+//! when the hub shuts down (close `1001`), and [`run`] also waits for the hub
+//! to hold no waiter (a socket keeps its waiter until its close frame is out).
 
 use std::future::Future;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_http::cors::{AllowOrigin, CorsLayer};
-use warp::http::{header, HeaderName, HeaderValue, Method};
+use tower_http::set_header::SetResponseHeaderLayer;
+use warp::http::{header, HeaderValue};
 
 use crate::app::App;
-use crate::routes;
+use crate::cors::ListedOrigins;
+use crate::hub::Hub;
+use crate::{routes, ws};
 
 /// Request line and headers above this size get `431`: hyper reads at most
 /// this much before the headers are complete.
@@ -27,39 +38,55 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for open connections to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// HTTP/2 receive window of each stream: what a client may send before
+/// paypush reads it. The protocol's default, four times the largest
+/// callback body; a waiting stream receives nothing, so it costs nothing.
+pub const H2_STREAM_WINDOW: u32 = 64 * 1024;
+/// HTTP/2 receive window of a whole connection, shared by its streams.
+pub const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// The most an HTTP/2 stream queues for sending: an SSE event is a few
+/// hundred bytes, so a slow reader is cut off long before this costs much.
+pub const H2_MAX_SEND_BUFFER: usize = 64 * 1024;
 /// Pause after an accept error such as running out of file descriptors.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// How often shutdown looks whether every waiter (WebSockets) has ended.
+const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
-/// How long browsers may cache a CORS preflight answer.
-const CORS_MAX_AGE: Duration = Duration::from_secs(600);
+/// The connection builder: HTTP/1.1 and h2c on one listener.
+fn builder(h2_max_streams: u32) -> auto::Builder<TokioExecutor> {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .max_buf_size(MAX_HEADER_BYTES)
+        // One flat write buffer per connection: SSE events are a few hundred
+        // bytes, so copying them is cheaper than the queue of buffers (a
+        // VecDeque kept for the connection's life) that vectored writes need.
+        .writev(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h2_max_streams)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_send_buf_size(H2_MAX_SEND_BUFFER)
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    http
+}
 
-/// CORS for the `--allow-origin` list, or none. tower-http's layer rather
-/// than warp's `cors` filter: warp's answers `403` to any other origin, which
-/// would also refuse same-origin POSTs (browsers send `Origin` on those),
-/// where the contract wants other origins simply to get no CORS headers.
-fn cors(origins: &[String]) -> Option<CorsLayer> {
-    let origins: Vec<HeaderValue> = origins
-        .iter()
-        .filter_map(|origin| HeaderValue::from_str(origin).ok())
-        .collect();
-    if origins.is_empty() {
-        return None;
-    }
-    Some(
-        CorsLayer::new()
-            .allow_origin(AllowOrigin::list(origins))
-            .allow_credentials(true)
-            .allow_methods([Method::GET, Method::POST])
-            .allow_headers([
-                header::CONTENT_TYPE,
-                header::CACHE_CONTROL,
-                HeaderName::from_static("last-event-id"),
-                HeaderName::from_static("paypush-timestamp"),
-                HeaderName::from_static("paypush-nonce"),
-                HeaderName::from_static("paypush-signature"),
-            ])
-            .max_age(CORS_MAX_AGE),
-    )
+/// Serves only `GET /metrics` of `app` on `listener` (`--metrics-bind`, an
+/// internal address) until `shutdown` completes. warp's own server: this
+/// address is not exposed to clients, so it needs none of the main loop's
+/// limits.
+pub async fn run_metrics(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes::metrics_only(app))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops
@@ -67,7 +94,14 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 /// connections to close.
 pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
     let service = ServiceBuilder::new()
-        .option_layer(cors(&app.config.allow_origin))
+        // Outermost: CORS preflight answers get it too.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .option_layer(ListedOrigins::new(&app.config.allow_origin))
+        // Where `/ws` finds the connection's upgrade (see `ws::Upgrade`).
+        .map_request(ws::take_upgrade::<hyper::body::Incoming>)
         // Boxed: each connection and each request then clones one `Arc`
         // instead of the whole filter tree (an `App` per route), and a
         // request's filter future is freed once its response has started,
@@ -76,14 +110,7 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
             app.clone(),
         ))));
     let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.max_buf_size(MAX_HEADER_BYTES)
-        // One flat write buffer per connection: SSE events are a few hundred
-        // bytes, so copying them is cheaper than the queue of buffers (a
-        // VecDeque kept for the connection's life) that vectored writes need.
-        .writev(false)
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let http = builder(app.config.h2_max_streams);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -100,10 +127,12 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("cannot set TCP_NODELAY for {peer}: {e}");
         }
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(service.clone()),
-        );
+        let connection = http
+            .serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(service.clone()),
+            )
+            .into_owned();
         let connection = graceful.watch(connection);
         // `map`, not `async move { connection.await }`: such a block keeps
         // both the captured connection and the awaited one in its layout,
@@ -117,10 +146,19 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
     drop(listener);
     log::info!("shutting down: ending open streams");
     app.hub.shutdown();
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained = async {
+        graceful.shutdown().await;
+        no_waiters_left(&app.hub).await;
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
         log::warn!("some connections were still open after {SHUTDOWN_GRACE:?}");
+    }
+}
+
+/// Completes once the hub holds no waiter: every WebSocket has sent its
+/// close frame (a socket keeps its waiter until then).
+async fn no_waiters_left(hub: &Hub) {
+    while hub.stats().open_streams > 0 {
+        tokio::time::sleep(DRAIN_CHECK_INTERVAL).await;
     }
 }

@@ -1,8 +1,9 @@
 //! The shutdown signal: SIGINT (Ctrl-C) or SIGTERM, whichever comes first.
 //!
-//! Streams need no broadcast of their own: when the server stops accepting,
-//! it shuts the hub down, which drops every waiting stream's sender, and each
-//! stream ends on that (see [`crate::hub::Hub::shutdown`]).
+//! Waiters need no broadcast of their own: when the server stops accepting,
+//! it shuts the hub down, which drops every waiter's sender, and each one
+//! ends on that (see [`crate::hub::Hub::shutdown`]): a stream ends, a
+//! long-poll answers `PENDING`, a WebSocket closes with `1001`.
 
 use std::future::Future;
 

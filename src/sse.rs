@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::{future, stream, Stream, StreamExt, TryStream};
 use warp::sse::Event;
 
-use crate::hub::Waiting;
+use crate::hub::{Transport, Waiting};
 use crate::metrics::Metrics;
 use crate::model::{Outcome, PendingJson};
 
@@ -38,11 +38,11 @@ pub fn waiting(
     let end = stream::once(async move {
         tokio::select! {
             outcome = waiting.outcome() => outcome.map(|outcome| {
-                metrics.delivered(&outcome);
+                metrics.delivered(&outcome, Transport::Sse);
                 outcome_event(&outcome)
             }),
             _ = tokio::time::sleep(push_timeout) => {
-                metrics.timed_out();
+                metrics.timed_out(Transport::Sse);
                 Some(Event::default().event("timeout").json_data(PendingJson::new(id)))
             }
         }

@@ -1,5 +1,7 @@
 // paypush demo checkout page: one order, its live status over Server-Sent
-// Events, a form that plays the payment provider, and a log of what happened.
+// Events (or, by choice or when EventSource is missing, long-poll /status or
+// a WebSocket on /ws), a form that plays the payment provider, and a log of
+// the raw traffic.
 // Plain JavaScript, no build step, no network resource but this server.
 'use strict';
 
@@ -11,6 +13,12 @@
   const RETRY_MAX_MS = 30000;
   /** Entries kept in the event log. */
   const LOG_LIMIT = 200;
+  /** The longest wait a long-poll asks for; the server's own cap. */
+  const LONG_POLL_WAIT_S = 25;
+  /** The transports a person can choose, by the radio buttons' values. */
+  const TRANSPORT_NAMES = { sse: 'EventSource /push', poll: 'long-poll /status', ws: 'WebSocket /ws' };
+  /** Mini-program WebViews and old browsers lack it: then long-poll. */
+  const HAS_EVENT_SOURCE = typeof window.EventSource === 'function';
 
   const SHOPS = [
     { name: '青柠咖啡 · Lime Coffee', items: ['燕麦拿铁 ×2 · Oat latte ×2', '手冲耶加雪菲 · Pour-over Yirgacheffe', '冷萃咖啡与可颂 · Cold brew & croissant'] },
@@ -46,6 +54,8 @@
     form: $('callback-form'), formId: $('form-pay-record-id'), send: $('send-callback'),
     answer: $('callback-answer'), http: $('callback-http'), note: $('callback-note'),
     json: $('callback-json'), log: $('event-log'),
+    transports: document.querySelectorAll('input[name="transport"]'),
+    transportNote: $('transport-note'),
   };
 
   const params = new URLSearchParams(location.search);
@@ -121,7 +131,10 @@
     return `${pad(now.getHours())}:${pad(now.getMinutes())}:${pad(now.getSeconds())}.${pad(now.getMilliseconds(), 3)}`;
   }
 
-  /** Adds a log line: `kind` is an SSE event type or a connection change. */
+  /**
+   * Adds a log line: `kind` is what came (`pending`, `message`, `timeout`)
+   * or a connection change (`connect`, `open`, `request`, `error`, `close`).
+   */
   function log(kind, text, id) {
     const li = document.createElement('li');
     li.className = 'entry';
@@ -145,51 +158,100 @@
     while (el.log.children.length > LOG_LIMIT) el.log.lastElementChild.remove();
   }
 
-  /** Opens (or reopens) the order's EventSource. */
+  /** Opens (or reopens) the order's connection with its transport. */
   function connect(s) {
     if (s.closed) return;
+    s.generation += 1;
+    const open = { sse: connectSse, poll: connectPoll, ws: connectWs }[s.transport];
+    open(s, s.generation);
+  }
+
+  /** True while connection number `gen` of `s` is the one that counts. */
+  function live(s, gen) {
+    return session === s && !s.closed && s.generation === gen;
+  }
+
+  /** Closes whatever the session has open; late callbacks of it are ignored. */
+  function stop(s) {
+    s.generation += 1;
+    clearTimeout(s.timer);
+    if (s.source) s.source.close();
+    if (s.socket) s.socket.close(1000);
+    if (s.abort) s.abort.abort();
+    s.source = null;
+    s.socket = null;
+    s.abort = null;
+  }
+
+  /** A `PENDING` object arrived: the page is registered and waits. */
+  function waiting(s) {
+    s.retryMs = RETRY_FIRST_MS;
+    step('subscribe');
+    setState('waiting');
+    setStream('open');
+  }
+
+  /** Reconnects after a back-off that doubles up to RETRY_MAX_MS. */
+  function retry(s, gen) {
+    if (!live(s, gen)) return;
+    const wait = s.retryMs;
+    s.retryMs = Math.min(s.retryMs * 2, RETRY_MAX_MS);
+    if (el.status.dataset.state !== 'error') setState('reconnecting');
+    setStream('reconnecting');
+    log('connect', `reopening in ${wait / 1000} s`);
+    s.timer = setTimeout(() => connect(s), wait);
+  }
+
+  /** Errors that retrying cannot fix: a bad id or token, a foreign origin. */
+  function permanent(status) {
+    return status >= 400 && status < 500 && status !== 429;
+  }
+
+  function parse(text) {
+    try {
+      return JSON.parse(text);
+    } catch (e) {
+      log('error', 'not JSON: ' + e.message);
+      return null;
+    }
+  }
+
+  /** EventSource on /push: the browser reconnects by itself. */
+  function connectSse(s, gen) {
     const url = '/push?' + query({ payRecordId: s.order.id });
     const source = new EventSource(url);
     s.source = source;
-    const current = () => session === s && s.source === source && !s.closed;
     log('connect', 'new EventSource("' + url + '")');
 
     source.onopen = () => {
-      if (!current()) return;
+      if (!live(s, gen)) return;
       s.retryMs = RETRY_FIRST_MS;
       setStream('open');
       log('open', 'stream open (200 text/event-stream)');
     };
     source.addEventListener('pending', (event) => {
-      if (!current()) return;
+      if (!live(s, gen)) return;
       log('pending', event.data, event.lastEventId);
-      step('subscribe');
-      setState('waiting');
-      setStream('open');
+      waiting(s);
     });
     source.addEventListener('timeout', (event) => {
-      if (!current()) return;
+      if (!live(s, gen)) return;
       log('timeout', event.data, event.lastEventId);
       setState('reconnecting', 'The server ended a long wait (event: timeout); the browser reconnects and waits again.');
       setStream('reconnecting');
     });
     source.onmessage = (event) => {
-      if (!current()) return;
+      if (!live(s, gen)) return;
       log('message', event.data, event.lastEventId);
-      let outcome;
-      try {
-        outcome = JSON.parse(event.data);
-      } catch (e) {
-        log('error', 'outcome is not JSON: ' + e.message);
-        return;
-      }
-      finish(s, outcome);
+      const outcome = parse(event.data);
+      if (outcome) finish(s, outcome, 'outcome received: EventSource.close()');
     };
     source.onerror = () => {
-      if (!current()) return;
+      if (!live(s, gen)) return;
       if (source.readyState === EventSource.CLOSED) {
         log('error', 'the browser closed the stream: the server refused it');
-        probe(s, url);
+        s.source = null;
+        probe(s, gen, url);
       } else {
         log('error', 'stream ended or dropped; EventSource reconnects by itself');
       }
@@ -199,12 +261,104 @@
   }
 
   /**
+   * Long-poll on /status: one request answered at once (so the page shows
+   * "waiting" without delay), then requests that wait up to 25 s each.
+   */
+  async function connectPoll(s, gen) {
+    let wait = 0;
+    while (live(s, gen)) {
+      const url = '/status?' + query({ payRecordId: s.order.id, wait: String(wait) });
+      const abort = new AbortController();
+      s.abort = abort;
+      log('request', 'GET ' + url);
+      let res;
+      let text;
+      try {
+        res = await fetch(url, { signal: abort.signal, cache: 'no-store' });
+        text = await res.text();
+      } catch (e) {
+        if (!live(s, gen)) return;
+        log('error', 'the long-poll failed: ' + e.message);
+        retry(s, gen);
+        return;
+      }
+      if (!live(s, gen)) return;
+      const body = parse(text) || {};
+      if (!res.ok) {
+        const message = `${res.status} ${body.error || ''}: ${body.message || res.statusText}`;
+        log('error', message);
+        if (permanent(res.status)) {
+          setState('error', message);
+          setStream('closed');
+          return;
+        }
+        retry(s, gen);
+        return;
+      }
+      if (body.status !== 'PENDING') {
+        log('message', `${res.status} ${text}`);
+        finish(s, body, 'outcome received: no further long-poll');
+        return;
+      }
+      log('pending', `${res.status} ${text}`);
+      waiting(s);
+      wait = LONG_POLL_WAIT_S;
+    }
+  }
+
+  /** WebSocket on /ws: frames PENDING, then the outcome, then a close. */
+  function connectWs(s, gen) {
+    const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
+    const path = '/ws?' + query({ payRecordId: s.order.id });
+    const socket = new WebSocket(scheme + location.host + path);
+    s.socket = socket;
+    let opened = false;
+    log('connect', 'new WebSocket("' + scheme + location.host + path + '")');
+
+    socket.onopen = () => {
+      if (!live(s, gen)) return;
+      opened = true;
+      setStream('open');
+      log('open', 'socket open (101 Switching Protocols)');
+    };
+    socket.onmessage = (event) => {
+      if (!live(s, gen)) return;
+      const body = parse(event.data);
+      if (!body) return;
+      if (body.status === 'PENDING') {
+        log('pending', event.data);
+        waiting(s);
+        return;
+      }
+      log('message', event.data);
+      s.socket = null; // the server closes it (1000 outcome)
+      finish(s, body, 'outcome received: the server closes the socket');
+    };
+    socket.onclose = (event) => {
+      if (session !== s) return;
+      log('close', `close frame ${event.code}${event.reason ? ' ' + event.reason : ''}`);
+      if (!live(s, gen)) return;
+      s.socket = null;
+      if (event.code === 1000 && event.reason === 'timeout') {
+        setState('reconnecting', 'The server ended a long wait (close 1000 timeout); the page opens a new socket.');
+        setStream('reconnecting');
+        connect(s);
+      } else if (!opened) {
+        // Refused before the upgrade: the browser hides the HTTP answer,
+        // so ask /status (same id and token checks) why.
+        probe(s, gen, '/status?' + query({ payRecordId: s.order.id }));
+      } else {
+        retry(s, gen);
+      }
+    };
+  }
+
+  /**
    * The browser gave up (an HTTP error such as 429 or 503): ask the server
    * why with a plain request, then retry with back-off unless the error is
    * one retrying cannot fix (a bad id or token).
    */
-  async function probe(s, url) {
-    s.source = null;
+  async function probe(s, gen, url) {
     const abort = new AbortController();
     let status = 0;
     let message = 'the server could not be reached';
@@ -212,7 +366,7 @@
       const res = await fetch(url, { signal: abort.signal, headers: { Accept: 'text/event-stream' } });
       status = res.status;
       if (res.ok) {
-        message = 'the server accepts the stream again';
+        message = 'the server accepts the request again';
       } else {
         const body = await res.json().catch(() => ({}));
         message = `${res.status} ${body.error || ''}: ${body.message || res.statusText}`;
@@ -222,25 +376,20 @@
     } finally {
       abort.abort();
     }
-    if (session !== s || s.closed) return;
+    if (!live(s, gen)) return;
     log('error', message);
-    const permanent = status >= 400 && status < 500 && status !== 429;
-    if (permanent) {
+    if (permanent(status)) {
       setState('error', message);
       setStream('closed');
       return;
     }
-    const wait = s.retryMs;
-    s.retryMs = Math.min(s.retryMs * 2, RETRY_MAX_MS);
-    log('connect', `reopening in ${wait / 1000} s`);
-    s.timer = setTimeout(() => connect(s), wait);
+    retry(s, gen);
   }
 
-  /** The outcome arrived: show it, close the stream, say so. */
-  function finish(s, outcome) {
+  /** The outcome arrived: show it, close the connection, say so. */
+  function finish(s, outcome, how) {
+    stop(s);
     s.closed = true;
-    if (s.source) s.source.close();
-    s.source = null;
     const state = String(outcome.status || '').toLowerCase();
     setState(STATES[state] ? state : 'error');
     if (outcome.message) el.title.textContent = outcome.message;
@@ -250,25 +399,55 @@
     }
     ['subscribe', 'callback', 'push'].forEach(step);
     setStream('closed');
-    log('close', 'outcome received: EventSource.close()');
+    log('close', how);
+  }
+
+  function showTransport(transport) {
+    el.status.dataset.transport = transport;
+    for (const input of el.transports) input.checked = input.value === transport;
   }
 
   function start(order) {
+    const transport = session ? session.transport : initialTransport();
     if (session) {
+      stop(session);
       session.closed = true;
-      clearTimeout(session.timer);
-      if (session.source) session.source.close();
     }
-    session = { order, source: null, closed: false, retryMs: RETRY_FIRST_MS, timer: 0 };
+    session = { order, transport, source: null, socket: null, abort: null, closed: false, retryMs: RETRY_FIRST_MS, timer: 0, generation: 0 };
     el.log.replaceChildren();
     el.answer.hidden = true;
     el.form.reset();
     el.time.hidden = true;
     step();
     showOrder(order);
+    showTransport(transport);
+    if (!HAS_EVENT_SOURCE) log('fallback', 'this browser has no EventSource: long-poll /status instead');
     setState('connecting');
     setStream('connecting');
     connect(session);
+  }
+
+  /** The transport chosen on the page: the same payment, watched anew. */
+  function switchTransport(transport) {
+    const s = session;
+    stop(s);
+    s.transport = transport;
+    s.closed = false;
+    s.retryMs = RETRY_FIRST_MS;
+    showTransport(transport);
+    el.time.hidden = true;
+    log('transport', 'now watching through ' + TRANSPORT_NAMES[transport]);
+    setState('connecting');
+    setStream('connecting');
+    connect(s);
+  }
+
+  /** `?transport=sse|poll|ws`, else EventSource, else (none) long-poll. */
+  function initialTransport() {
+    const asked = params.get('transport');
+    const known = Object.prototype.hasOwnProperty.call(TRANSPORT_NAMES, asked);
+    const transport = known ? asked : 'sse';
+    return transport === 'sse' && !HAS_EVENT_SOURCE ? 'poll' : transport;
   }
 
   /** Posts the form with fetch (form-encoded) and shows the JSON answer. */
@@ -318,6 +497,13 @@
   }
 
   el.form.addEventListener('submit', sendCallback);
+  for (const input of el.transports) {
+    if (input.value === 'sse' && !HAS_EVENT_SOURCE) input.disabled = true;
+    input.addEventListener('change', () => {
+      if (input.checked && input.value !== session.transport) switchTransport(input.value);
+    });
+  }
+  el.transportNote.hidden = HAS_EVENT_SOURCE;
   el.newOrder.addEventListener('click', () => {
     history.replaceState(null, '', '/' + (token ? '?' + query({}) : ''));
     start(newOrder());

@@ -224,6 +224,113 @@ async fn page_fits_a_phone_width_screen_without_sideways_scrolling() {
     .await;
 }
 
+#[tokio::test]
+async fn transport_long_poll_chosen_on_the_page_pays_through_the_form() {
+    with_page("transport_long_poll", |page| async move {
+        let app = spawn_app(&[]).await;
+        page.open(&app, "/").await;
+        page.wait_for("the pending event", |s| s.state == "waiting")
+            .await;
+        page.click(r#"label.choice[data-transport="poll"]"#).await;
+        let waiting = page
+            .wait_for("a long-poll", |s| {
+                s.transport == "poll" && s.state == "waiting" && s.log_mentions("wait=25")
+            })
+            .await;
+        assert!(
+            waiting.log_mentions("GET /status?payRecordId="),
+            "{waiting:?}"
+        );
+
+        page.send_callback("SUCCESS", 1).await;
+
+        let done = page.wait_for("the outcome", |s| s.state == "success").await;
+        assert_eq!(done.title, "支付成功");
+        assert_eq!(done.stream, "closed");
+        assert!(
+            done.log_mentions(r#"200 {"payRecordId""#),
+            "raw answer: {done:?}"
+        );
+        assert_eq!(
+            app.metric("paypush_outcomes_delivered_total{transport=\"poll\"}")
+                .await,
+            1.0
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn transport_websocket_chosen_on_the_page_pays_through_the_form() {
+    with_page("transport_websocket", |page| async move {
+        let app = spawn_app(&[]).await;
+        page.open(&app, "/").await;
+        page.wait_for("the pending event", |s| s.state == "waiting")
+            .await;
+        page.click(r#"label.choice[data-transport="ws"]"#).await;
+        page.wait_for("the PENDING frame", |s| {
+            s.transport == "ws" && s.state == "waiting" && s.log_mentions("new WebSocket(")
+        })
+        .await;
+
+        page.send_callback("FAILED", 1).await;
+
+        let done = page.wait_for("the outcome", |s| s.state == "failed").await;
+        assert_eq!(done.title, "支付失败");
+        assert_eq!(done.stream, "closed");
+        let closed = page
+            .wait_for("the close frame", |s| {
+                s.log_mentions("close frame 1000 outcome")
+            })
+            .await;
+        assert!(closed.log_mentions(r#""status":"FAILED""#), "{closed:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn transport_query_parameter_opens_the_page_on_that_transport() {
+    with_page("transport_query_parameter", |page| async move {
+        let app = spawn_app(&[]).await;
+        page.open(&app, "/?transport=ws").await;
+        let waiting = page
+            .wait_for("the PENDING frame", |s| s.state == "waiting")
+            .await;
+        assert_eq!(waiting.transport, "ws");
+        assert_eq!(waiting.checked_transport, "ws");
+        page.send_callback("CLOSED", 1).await;
+        page.wait_for("the outcome", |s| s.state == "closed").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn transport_falls_back_to_long_poll_without_event_source() {
+    with_page(
+        "transport_fallback_without_event_source",
+        |page| async move {
+            let app = spawn_app(&[]).await;
+            page.before_every_document("delete window.EventSource;")
+                .await;
+            page.open(&app, "/").await;
+            let waiting = page
+                .wait_for("the long-poll fallback", |s| s.state == "waiting")
+                .await;
+            assert_eq!(waiting.transport, "poll");
+            assert!(waiting.log_has("fallback"), "{waiting:?}");
+            assert!(!waiting.log_mentions("EventSource(\""), "{waiting:?}");
+            assert!(waiting.sse_disabled, "EventSource cannot be chosen");
+            assert!(waiting.fallback_note_shown);
+
+            page.send_callback("SUCCESS", 1).await;
+
+            let done = page.wait_for("the outcome", |s| s.state == "success").await;
+            assert_eq!(done.title, "支付成功");
+        },
+    )
+    .await;
+}
+
 // ---------------------------------------------------------------------------
 // The page, as the tests see it
 
@@ -245,6 +352,14 @@ struct PageState {
     answer_text: String,
     /// The event log, newest first.
     log: Vec<LogLine>,
+    /// `data-transport` of the status: sse, poll or ws.
+    transport: String,
+    /// The transport radio button checked.
+    checked_transport: String,
+    /// Whether the EventSource choice is disabled (no EventSource).
+    sse_disabled: bool,
+    /// Whether the "no EventSource, long-poll instead" note shows.
+    fallback_note_shown: bool,
 }
 
 /// One line of the page's event log.
@@ -271,6 +386,10 @@ return {
   answerText: q('#callback-json').textContent,
   log: Array.from(document.querySelectorAll('#event-log li'),
     (li) => ({ kind: li.dataset.kind, text: li.textContent })),
+  transport: q('#status').dataset.transport || '',
+  checkedTransport: (q('input[name="transport"]:checked') || {}).value || '',
+  sseDisabled: q('input[name="transport"][value="sse"]').disabled,
+  fallbackNoteShown: !q('#transport-note').hidden,
 };
 "#;
 
@@ -308,6 +427,20 @@ impl Page {
             .goto(&app.url(path))
             .await
             .expect("open the page");
+    }
+
+    /// Runs `script` at the start of every document this tab loads, before
+    /// the page's own scripts (Chrome DevTools `Page.addScriptToEvaluateOnNewDocument`
+    /// through chromedriver).
+    async fn before_every_document(&self, script: &str) {
+        let command = DevTools {
+            cmd: "Page.addScriptToEvaluateOnNewDocument",
+            params: json!({ "source": script }),
+        };
+        self.client
+            .issue_cmd(command)
+            .await
+            .expect("add a script to every new document");
     }
 
     async fn url(&self) -> String {
@@ -429,6 +562,30 @@ impl Page {
     }
 }
 
+/// A Chrome DevTools command sent through chromedriver's
+/// `POST /session/{id}/goog/cdp/execute`.
+#[derive(Debug)]
+struct DevTools {
+    cmd: &'static str,
+    params: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for DevTools {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        let session = session_id.unwrap_or_default();
+        base_url.join(&format!("session/{session}/goog/cdp/execute"))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (warp::http::Method, Option<String>) {
+        let body = json!({ "cmd": self.cmd, "params": self.params });
+        (warp::http::Method::POST, Some(body.to_string()))
+    }
+}
+
 /// A shop page on another origin that subscribes to paypush and posts a
 /// callback to it, as a merchant's own checkout page would.
 const SHOP_PAGE: &str = r#"<!doctype html>
@@ -455,22 +612,70 @@ const SHOP_PAGE: &str = r#"<!doctype html>
                                 (e) => { document.body.dataset.answer = "blocked"; });
 </script>"#;
 
+/// Records every Content-Security-Policy violation of the page in
+/// `document.body.dataset.blocked`, then opens a WebSocket to the page's own
+/// origin and, half a second later, one to another origin (the control).
+const OPEN_WEBSOCKETS: &str = r#"
+  document.body.dataset.blocked = '';
+  document.addEventListener('securitypolicyviolation', (e) => {
+    document.body.dataset.blocked += e.violatedDirective + ' ' + e.blockedURI + ';';
+  });
+  const open = (url) => {
+    try { new WebSocket(url); } catch (e) { document.body.dataset.blocked += 'threw ' + url + ';'; }
+  };
+  open('ws://' + location.host + '/ws?payRecordId=1');
+  setTimeout(() => open('ws://127.0.0.2:9/elsewhere'), 500);
+"#;
+
+#[tokio::test]
+async fn the_demo_pages_csp_lets_it_open_its_own_websocket_and_nothing_elsewhere() {
+    with_page("the_demo_pages_csp", |page| async move {
+        let app = spawn_app(&[]).await;
+        page.open(&app, "/").await;
+        page.wait_for("the pending event", |s| s.state == "waiting")
+            .await;
+        page.client
+            .execute(OPEN_WEBSOCKETS, vec![])
+            .await
+            .expect("open the sockets");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let blocked = loop {
+            let blocked = page
+                .client
+                .execute("return document.body.dataset.blocked || '';", vec![])
+                .await
+                .expect("read the page");
+            let blocked = blocked.as_str().unwrap_or_default().to_string();
+            if blocked.contains("127.0.0.2") {
+                break blocked;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the other origin's WebSocket was not blocked: {blocked:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        };
+        assert!(blocked.contains("connect-src"), "{blocked}");
+        assert!(!blocked.contains(&app.addr.to_string()), "{blocked}");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_page_on_an_allowed_origin_subscribes_and_posts_across_origins() {
     with_page("a_page_on_an_allowed_origin", |page| async move {
-        let dir = std::env::temp_dir().join(format!("paypush-shop-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("shop dir");
-        std::fs::write(dir.join("shop.html"), SHOP_PAGE).expect("shop page");
-        let shop = spawn_app(&["--static-dir", dir.to_str().expect("utf-8 path")]).await;
-        let shop_origin = format!("http://{}", shop.addr);
+        // The shop is a plain web server of its own: paypush's demo-page
+        // CSP (its own origin only, no inline script) would rightly block
+        // this page if paypush served it.
+        let shop_origin = serve_shop_page().await;
         let paypush = spawn_app(&["--allow-origin", &shop_origin]).await;
         let closed = spawn_app(&[]).await;
 
         // Allowed: the stream opens, and the JSON callback passes its preflight.
-        page.open(
-            &shop,
-            &format!("/shop.html?id=81&paypush=http://{}", paypush.addr),
-        )
+        page.goto(&format!(
+            "{shop_origin}/shop.html?id=81&paypush=http://{}",
+            paypush.addr
+        ))
         .await;
         page.wait_for_body("state", "waiting").await;
         page.client
@@ -482,10 +687,10 @@ async fn a_page_on_an_allowed_origin_subscribes_and_posts_across_origins() {
         page.wait_for_body("message", "支付失败").await;
 
         // Not allowed: the browser refuses both.
-        page.open(
-            &shop,
-            &format!("/shop.html?id=82&paypush=http://{}", closed.addr),
-        )
+        page.goto(&format!(
+            "{shop_origin}/shop.html?id=82&paypush=http://{}",
+            closed.addr
+        ))
         .await;
         page.wait_for_body("state", "error").await;
         page.client
@@ -493,12 +698,29 @@ async fn a_page_on_an_allowed_origin_subscribes_and_posts_across_origins() {
             .await
             .expect("pay");
         page.wait_for_body("answer", "blocked").await;
-        let _ = std::fs::remove_dir_all(&dir);
     })
     .await;
 }
 
+/// Serves [`SHOP_PAGE`] at `/shop.html` on a free loopback port, for the
+/// rest of the test process; returns its origin.
+async fn serve_shop_page() -> String {
+    use warp::Filter;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the shop");
+    let origin = format!("http://{}", listener.local_addr().expect("shop address"));
+    let page = warp::path!("shop.html").map(|| warp::reply::html(SHOP_PAGE));
+    tokio::spawn(warp::serve(page).incoming(listener).run());
+    origin
+}
+
 impl Page {
+    /// Opens any URL.
+    async fn goto(&self, url: &str) {
+        self.client.goto(url).await.expect("open the page");
+    }
+
     /// Waits until `document.body.dataset[key]` is `value`.
     async fn wait_for_body(&self, key: &str, value: &str) {
         let deadline = tokio::time::Instant::now() + DEADLINE;

@@ -21,6 +21,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::Value;
 use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use helpers::{spawn_app, EventStream, TestApp, PATIENCE};
 
@@ -221,6 +222,70 @@ async fn late_subscriber_on_another_instance_gets_the_outcome_at_once() {
 }
 
 #[tokio::test]
+async fn long_poll_on_one_instance_is_woken_by_a_callback_on_another() {
+    let Some((_redis, [a, b])) = cluster(
+        "long_poll_on_one_instance_is_woken_by_a_callback_on_another",
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let url = b.url("/status?payRecordId=3&wait=25");
+    let client = b.client.clone();
+    let poll = tokio::spawn(async move {
+        let answer = client.get(url).send().await.unwrap();
+        answer.json::<Value>().await.unwrap()
+    });
+    b.wait_for_metric("paypush_waiters_open{transport=\"poll\"}", 1.0)
+        .await;
+
+    let answer: Value = a.callback("3", Some("FAILED")).await.json().await.unwrap();
+
+    let outcome = tokio::time::timeout(PATIENCE, poll)
+        .await
+        .expect("woken in time")
+        .unwrap();
+    assert_eq!(outcome["status"], "FAILED");
+    assert_eq!(outcome["completedAt"], answer["completedAt"]);
+}
+
+#[tokio::test]
+async fn status_on_another_instance_answers_the_recorded_outcome_at_once() {
+    let Some((_redis, [a, b])) = cluster(
+        "status_on_another_instance_answers_the_recorded_outcome_at_once",
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let answer: Value = a.callback("4", Some("CLOSED")).await.json().await.unwrap();
+    let (status, outcome) = b.status("?payRecordId=4").await;
+    assert_eq!(status, 200);
+    assert_eq!(outcome["status"], "CLOSED");
+    assert_eq!(outcome["completedAt"], answer["completedAt"]);
+}
+
+#[tokio::test]
+async fn websocket_on_one_instance_gets_a_callback_on_another() {
+    let Some((_redis, [a, b])) =
+        cluster("websocket_on_one_instance_gets_a_callback_on_another", &[]).await
+    else {
+        return;
+    };
+    let mut socket = b.ws_pending("5").await;
+    let answer: Value = a.callback("5", None).await.json().await.unwrap();
+    let outcome = helpers::next_json(&mut socket).await;
+    assert_eq!(outcome["status"], "SUCCESS");
+    assert_eq!(outcome["completedAt"], answer["completedAt"]);
+    assert_eq!(helpers::next_close(&mut socket).await.0, 1000);
+    // A late socket on A gets the recorded outcome at once.
+    let mut late = a.ws("/ws?payRecordId=5").await;
+    assert_eq!(helpers::next_json(&mut late).await, outcome);
+}
+
+#[tokio::test]
 async fn duplicates_and_conflicts_are_decided_once_across_instances() {
     let Some((_redis, [a, b])) = cluster(
         "duplicates_and_conflicts_are_decided_once_across_instances",
@@ -287,7 +352,9 @@ async fn a_thousand_payments_over_three_instances_each_get_their_outcome_once() 
     assert_eq!(received.len(), PAYMENTS);
     let mut delivered = 0.0;
     for app in &instances {
-        delivered += app.metric("paypush_outcomes_delivered_total").await;
+        delivered += app
+            .metric("paypush_outcomes_delivered_total{transport=\"sse\"}")
+            .await;
     }
     assert_eq!(
         delivered, PAYMENTS as f64,
@@ -533,7 +600,10 @@ async fn two_instances_behind_nginx_deliver_across_and_unbuffered() {
     );
 
     // Round-robin sent the stream and the callback to different instances.
-    let stream_on_a = a.metric("paypush_outcomes_delivered_total").await == 1.0;
+    let stream_on_a = a
+        .metric("paypush_outcomes_delivered_total{transport=\"sse\"}")
+        .await
+        == 1.0;
     let callback_on_a = a
         .metric(r#"paypush_callbacks_total{result="recorded",status="SUCCESS"}"#)
         .await
@@ -542,6 +612,82 @@ async fn two_instances_behind_nginx_deliver_across_and_unbuffered() {
         stream_on_a, callback_on_a,
         "stream and callback on different instances"
     );
+}
+
+#[tokio::test]
+async fn during_a_redis_outage_status_is_503_and_a_long_poll_waits_for_the_outcome() {
+    let Some((mut redis, [a, b])) = cluster(
+        "during_a_redis_outage_status_is_503_and_a_long_poll_waits_for_the_outcome",
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    redis.stop().await;
+    let (status, body) = b.status("?payRecordId=6").await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")));
+    let url = b.url("/status?payRecordId=7&wait=25");
+    let poll = tokio::spawn(async move { reqwest::get(url).await.unwrap().json::<Value>().await });
+    b.wait_for_metric("paypush_waiters_open{transport=\"poll\"}", 1.0)
+        .await;
+
+    redis.restart().await;
+    wait_until_ready(&a, 200).await;
+    wait_until_ready(&b, 200).await;
+    assert_eq!(a.callback("7", Some("FAILED")).await.status(), 200);
+
+    let outcome = tokio::time::timeout(PATIENCE, poll)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome["status"], "FAILED");
+}
+
+#[tokio::test]
+async fn websocket_and_long_poll_work_through_nginx() {
+    let test = "websocket_and_long_poll_work_through_nginx";
+    if !have("redis-server", "redis-server", test) || !have("nginx", "nginx", test) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let a = instance(&redis.url(), &[]).await;
+    let b = instance(&redis.url(), &[]).await;
+    let nginx = Nginx::start([&a, &b]).await;
+
+    // A page served through nginx opens /ws: its Origin is nginx's.
+    let origin = format!("http://127.0.0.1:{}", nginx.port);
+    let mut request = format!("ws://127.0.0.1:{}/ws?payRecordId=11", nginx.port)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("origin", origin.parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the upgrade passes through nginx");
+    assert_eq!(helpers::next_json(&mut socket).await["status"], "PENDING");
+    let url = nginx.url("/status?payRecordId=11&wait=25");
+    let poll = tokio::spawn(async move { reqwest::get(url).await.unwrap().json::<Value>().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let answer: Value = reqwest::get(nginx.url("/pay-callback?payRecordId=11"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let outcome = helpers::next_json(&mut socket).await;
+    assert_eq!(outcome["completedAt"], answer["completedAt"]);
+    assert_eq!(helpers::next_close(&mut socket).await.0, 1000);
+    let polled = tokio::time::timeout(PATIENCE, poll)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(polled, outcome);
 }
 
 #[tokio::test]
@@ -603,4 +749,108 @@ async fn outcomes_answered_200_survive_a_sigkilled_redis_with_appendonly() {
         let outcome = late.next_event().await.unwrap();
         assert_eq!(outcome.json()["completedAt"], completed_at);
     }
+}
+
+/// Debian's HAProxy running `deploy/haproxy.cfg` in front of two instances
+/// (over h2c), on a free port; stopped when dropped.
+struct HaProxy {
+    _child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl HaProxy {
+    async fn start(upstreams: [&TestApp; 2]) -> HaProxy {
+        let port = free_port();
+        let dir = helpers::temp_dir();
+        let example =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy.cfg"))
+                .unwrap();
+        let config = example
+            .replace("127.0.0.1:8080", &upstreams[0].addr.to_string())
+            .replace("127.0.0.1:8081", &upstreams[1].addr.to_string())
+            .replace("127.0.0.1:8000", &format!("127.0.0.1:{port}"));
+        assert_ne!(config, example, "the example names its ports");
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start haproxy");
+        let haproxy = HaProxy {
+            _child: child,
+            port,
+            _dir: dir,
+        };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while reqwest::get(haproxy.url("/healthz")).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "haproxy did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        haproxy
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+#[tokio::test]
+async fn two_instances_behind_haproxy_over_h2c_deliver_across_and_unbuffered() {
+    let test = "two_instances_behind_haproxy_over_h2c_deliver_across_and_unbuffered";
+    if !have("redis-server", "redis-server", test) || !have("haproxy", "haproxy", test) {
+        return;
+    }
+    let redis = RedisServer::start().await;
+    let a = instance(&redis.url(), &[]).await;
+    let b = instance(&redis.url(), &[]).await;
+    let haproxy = HaProxy::start([&a, &b]).await;
+    let client = reqwest::Client::new();
+
+    // Browser-style HTTP/1.1 streams through HAProxy, carried to paypush as
+    // h2c streams: each gets its pending event at once (nothing buffered),
+    // then its outcome, whichever instance takes the callback.
+    let mut streams = Vec::new();
+    for id in 1..=10 {
+        let response = client
+            .get(haproxy.url(&format!("/push?payRecordId={id}")))
+            .send()
+            .await
+            .unwrap();
+        let mut stream = EventStream::new(response);
+        assert_eq!(stream.response_status, 200);
+        let pending = stream.next_event().await.unwrap();
+        assert_eq!(pending.event.as_deref(), Some("pending"));
+        streams.push(stream);
+    }
+    for id in 1..=10 {
+        let answer = client
+            .get(haproxy.url(&format!("/pay-callback?payRecordId={id}&status=CLOSED")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    for mut stream in streams {
+        let outcome = stream.next_event().await.unwrap();
+        assert_eq!(outcome.json()["status"], "CLOSED");
+        assert!(stream.ends().await);
+    }
+    // Both instances took part, and some outcomes crossed between them.
+    let (on_a, on_b) = (
+        a.metric("paypush_outcomes_delivered_total{transport=\"sse\"}")
+            .await,
+        b.metric("paypush_outcomes_delivered_total{transport=\"sse\"}")
+            .await,
+    );
+    assert_eq!(on_a + on_b, 10.0);
+    assert!(on_a > 0.0 && on_b > 0.0, "a: {on_a}, b: {on_b}");
 }

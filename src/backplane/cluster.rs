@@ -324,6 +324,11 @@ impl Cluster {
         self.read(id).await
     }
 
+    /// The outcome recorded for `id`, if any, without subscribing.
+    pub async fn lookup(&self, id: PayRecordId) -> Result<Option<Outcome>, Unavailable> {
+        self.read(id).await
+    }
+
     async fn read(&self, id: PayRecordId) -> Result<Option<Outcome>, Unavailable> {
         let mut commands = self.commands().await?;
         let value: Option<String> = with_timeout(commands.get(outcome_key(id))).await?;

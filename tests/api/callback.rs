@@ -42,7 +42,11 @@ async fn repeated_callback_is_a_duplicate_and_sends_nothing_new() {
         "SUCCESS"
     );
     assert!(stream.ends().await, "exactly one outcome event");
-    assert_eq!(app.metric("paypush_outcomes_delivered_total").await, 1.0);
+    assert_eq!(
+        app.metric("paypush_outcomes_delivered_total{transport=\"sse\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]

@@ -44,6 +44,37 @@ async fn wrong_method_is_405_json() {
 }
 
 #[tokio::test]
+async fn every_405_has_an_allow_header_listing_the_routes_methods() {
+    let app = spawn_app(&[]).await;
+    for (method, path, allow) in [
+        ("POST", "/push?payRecordId=1", "GET"),
+        ("HEAD", "/push?payRecordId=1", "GET"),
+        ("POST", "/status?payRecordId=1", "GET"),
+        ("PUT", "/ws?payRecordId=1", "GET"),
+        ("DELETE", "/pay-callback", "GET, POST"),
+        ("PUT", "/healthz", "GET"),
+        ("POST", "/readyz", "GET"),
+        ("POST", "/metrics", "GET"),
+        ("POST", "/qr.svg?payRecordId=1", "GET"),
+        ("POST", "/", "GET, HEAD"),
+        ("DELETE", "/app.js", "GET, HEAD"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let answer = app
+            .client
+            .request(method.clone(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 405, "{method} {path}");
+        assert_eq!(answer.headers()["allow"], allow, "{method} {path}");
+        if method != reqwest::Method::HEAD {
+            assert_json_error(answer, 405, "method_not_allowed").await;
+        }
+    }
+}
+
+#[tokio::test]
 async fn other_content_types_are_415_json() {
     let app = spawn_app(&[]).await;
     for content_type in [

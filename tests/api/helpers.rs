@@ -1,5 +1,6 @@
 //! Test helpers: a real paypush on 127.0.0.1:0 (in-process, or the built
-//! binary as a child process), an HTTP client, and an SSE reader over real TCP.
+//! binary as a child process), an HTTP client, an SSE reader and a WebSocket
+//! client (tokio-tungstenite) over real TCP.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -13,6 +14,11 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// A WebSocket client connected to a test server.
+pub type WsClient =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The open-file limit handed to in-process servers.
 pub const TEST_OPEN_FILE_LIMIT: u64 = 20_000;
@@ -122,6 +128,66 @@ impl TestApp {
         let pending = stream.next_event().await.expect("pending event");
         assert_eq!(pending.event.as_deref(), Some("pending"), "{pending:?}");
         stream
+    }
+
+    /// `GET /status{query}` as JSON, with its HTTP status.
+    pub async fn status(&self, query: &str) -> (u16, serde_json::Value) {
+        let answer = self.get(&format!("/status{query}")).await;
+        let status = answer.status().as_u16();
+        (status, answer.json().await.expect("JSON answer"))
+    }
+
+    /// Opens a WebSocket on `path` (e.g. `/ws?payRecordId=1`), with these
+    /// extra request headers; `Err` holds a refusal's status and JSON body.
+    pub async fn try_ws(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<WsClient, (u16, serde_json::Value)> {
+        use tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{}{}", self.addr, path)
+            .into_client_request()
+            .expect("ws request");
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                value.parse().expect("value"),
+            );
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((client, _)) => Ok(client),
+            Err(tungstenite::Error::Http(response)) => {
+                let status = response.status().as_u16();
+                let body = response.body().clone().unwrap_or_default();
+                Err((status, serde_json::from_slice(&body).expect("JSON refusal")))
+            }
+            Err(e) => panic!("ws connect: {e}"),
+        }
+    }
+
+    /// Tries a WebSocket on `path`, which must be refused: status and body.
+    pub async fn ws_refused(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, serde_json::Value) {
+        match self.try_ws(path, headers).await {
+            Ok(_) => panic!("{path} was accepted"),
+            Err(refusal) => refusal,
+        }
+    }
+
+    /// Opens a WebSocket on `path`, which must be accepted.
+    pub async fn ws(&self, path: &str) -> WsClient {
+        self.try_ws(path, &[]).await.expect("ws accepted")
+    }
+
+    /// Opens `/ws?payRecordId={id}` and reads its `PENDING` frame.
+    pub async fn ws_pending(&self, id: &str) -> WsClient {
+        let mut client = self.ws(&format!("/ws?payRecordId={id}")).await;
+        let pending = next_json(&mut client).await;
+        assert_eq!(pending["status"], "PENDING", "{pending}");
+        client
     }
 
     /// A metric's value from `/metrics`.
@@ -368,5 +434,38 @@ pub async fn start_binary(mut command: Command, flags: &[&str]) -> Binary {
         addr,
         log,
         dir: None,
+    }
+}
+
+/// The next message other than a ping or pong; `None` once the socket has
+/// closed without a close frame. Fails if nothing comes within [`PATIENCE`].
+pub async fn next_message(client: &mut WsClient) -> Option<Message> {
+    use futures_util::StreamExt;
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match client.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(message)) => return Some(message),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("a WebSocket message in time")
+}
+
+/// The next text frame, as JSON.
+pub async fn next_json(client: &mut WsClient) -> serde_json::Value {
+    match next_message(client).await {
+        Some(Message::Text(text)) => serde_json::from_str(&text).expect("JSON frame"),
+        other => panic!("expected a text frame, got {other:?}"),
+    }
+}
+
+/// The next message, which must be a close frame: its code and reason.
+pub async fn next_close(client: &mut WsClient) -> (u16, String) {
+    match next_message(client).await {
+        Some(Message::Close(Some(frame))) => (frame.code.into(), frame.reason.to_string()),
+        other => panic!("expected a close frame, got {other:?}"),
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{spawn_app, spawn_binary, EventStream, PATIENCE};
+use crate::helpers::{next_close, next_json, spawn_app, spawn_binary, EventStream, PATIENCE};
 
 #[tokio::test]
 async fn healthz_and_readyz_answer_json() {
@@ -37,7 +37,7 @@ async fn metrics_count_callbacks_and_deliveries_without_ids_in_labels() {
         "{text}"
     );
     assert!(
-        text.contains("paypush_outcomes_delivered_total 1"),
+        text.contains("paypush_outcomes_delivered_total{transport=\"sse\"} 1"),
         "{text}"
     );
     assert!(text.contains("paypush_delivery_seconds_count 1"), "{text}");
@@ -105,6 +105,34 @@ async fn sigterm_ends_open_streams_and_the_process_exits_0() {
     assert!(kill.success());
 
     assert!(stream.ends().await, "the stream ends on shutdown");
+    let status = tokio::time::timeout(PATIENCE, binary.child.wait())
+        .await
+        .expect("exits in time")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn sigterm_closes_websockets_with_1001_and_answers_long_polls_pending() {
+    let mut binary = spawn_binary(&[]).await;
+    let url = format!("ws://{}/ws?payRecordId=61", binary.addr);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(next_json(&mut socket).await["status"], "PENDING");
+    let status_url = format!("http://{}/status?payRecordId=62&wait=25", binary.addr);
+    let poll = tokio::spawn(async move { reqwest::get(status_url).await.unwrap().text().await });
+    // Let the long-poll register before the signal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let pid = binary.child.id().expect("pid").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+
+    assert_eq!(next_close(&mut socket).await.0, 1001);
+    let answer = tokio::time::timeout(PATIENCE, poll).await.unwrap().unwrap();
+    assert!(answer.unwrap().contains("PENDING"));
     let status = tokio::time::timeout(PATIENCE, binary.child.wait())
         .await
         .expect("exits in time")

@@ -3,9 +3,13 @@
 mod callback;
 mod deploy;
 mod errors;
+mod h2c;
+mod hardening;
 mod helpers;
 mod lifecycle;
 mod push;
 mod qr;
 mod security;
+mod status;
 mod store;
+mod ws;

@@ -113,7 +113,7 @@ async fn stream_times_out_with_a_timeout_event_then_ends() {
         serde_json::json!({"payRecordId": "11", "status": "PENDING"})
     );
     assert!(stream.ends().await);
-    app.wait_for_metric("paypush_push_timeouts_total", 1.0)
+    app.wait_for_metric("paypush_push_timeouts_total{transport=\"sse\"}", 1.0)
         .await;
     app.wait_for_metric("paypush_streams_open", 0.0).await;
 }

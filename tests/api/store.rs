@@ -155,6 +155,24 @@ async fn a_restart_serves_the_same_outcome_event_until_the_ttl_from_the_first_ca
 }
 
 #[tokio::test]
+async fn a_restart_serves_the_outcome_to_status_and_websockets_too() {
+    let dir = temp_dir();
+    let mut server = start_in(dir.path(), &[]).await;
+    let (_, answer) = get(&server.url("/pay-callback?payRecordId=78&status=CLOSED")).await;
+    server.stop("TERM").await;
+
+    let server = start_in(dir.path(), &[]).await;
+    let (status, polled) = get(&server.url("/status?payRecordId=78")).await;
+    assert_eq!(status, 200);
+    assert_eq!(polled["status"], "CLOSED");
+    assert_eq!(polled["completedAt"], answer["completedAt"]);
+    let url = format!("ws://{}/ws?payRecordId=78", server.addr);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
+    assert_eq!(crate::helpers::next_json(&mut socket).await, polled);
+    assert_eq!(crate::helpers::next_close(&mut socket).await.0, 1000);
+}
+
+#[tokio::test]
 async fn duplicates_and_conflicts_are_decided_the_same_after_a_restart() {
     let dir = temp_dir();
     let mut server = start_in(dir.path(), &[]).await;

@@ -4,7 +4,7 @@
 # Usage: tests/curl/run.sh path/to/paypush
 set -uo pipefail
 
-bin=${1:?usage: tests/curl/run.sh path/to/paypush}
+bin=$(realpath "${1:?usage: tests/curl/run.sh path/to/paypush}")
 work=$(mktemp -d)
 passed=0
 failed=0
@@ -76,6 +76,25 @@ form_and_json_callbacks() {
         grep -q '"payRecordId":"127"' "$work/body"
 }
 
+long_poll_is_woken_by_a_callback() {
+    curl -s --max-time 10 "$base/status?payRecordId=129&wait=25" >"$work/poll" &
+    local poll=$!
+    sleep 0.3
+    [ "$(status_of "$base/pay-callback?payRecordId=129")" = 200 ] || return 1
+    wait "$poll" && grep -q '"status":"SUCCESS"' "$work/poll" &&
+        [ "$(status_of "$base/status?payRecordId=130")" = 200 ] &&
+        grep -q '"status":"PENDING"' "$work/body" &&
+        [ "$(status_of "$base/status?payRecordId=130&wait=1.5")" = 400 ] &&
+        grep -q '"error":"invalid_request"' "$work/body"
+}
+
+wrong_method_names_the_allowed_ones() {
+    curl -s -o /dev/null -D "$work/head" -X POST "$base/push?payRecordId=1" &&
+        grep -q '^HTTP/1.1 405' "$work/head" && grep -qi '^allow: GET' "$work/head" &&
+        curl -s -o /dev/null -D "$work/head" -X PUT "$base/pay-callback" &&
+        grep -qi '^allow: GET, POST' "$work/head"
+}
+
 bad_input_is_json_400() {
     [ "$(status_of "$base/push?payRecordId=abc")" = 400 ] &&
         grep -q '"error":"invalid_pay_record_id"' "$work/body" &&
@@ -127,11 +146,40 @@ subscribe_with_a_token() {
         curl -sN --max-time 5 "$base/push?payRecordId=200&token=$token" | grep -q '支付失败'
 }
 
+production_flags_hide_the_demo_page_and_metrics() {
+    local metrics
+    metrics=$(grep -o 'metrics on http://[0-9.:]*' "$work/server.log" | sed 's/metrics on //')
+    [ "$(status_of "$base/")" = 404 ] &&
+        grep -q '"error":"not_found"' "$work/body" &&
+        [ "$(status_of "$base/qr.svg?payRecordId=1")" = 404 ] &&
+        [ "$(status_of "$base/metrics")" = 404 ] &&
+        [ "$(status_of "$metrics/metrics")" = 200 ] &&
+        grep -q '^paypush_callbacks_total' "$work/body"
+}
+
+every_answer_says_nosniff() {
+    curl -s -D - -o /dev/null "$base/healthz" | grep -qi '^x-content-type-options: nosniff' &&
+        curl -s -D - -o /dev/null "$base/no-such-route" | grep -qi '^x-content-type-options: nosniff'
+}
+
+a_stalled_body_gets_408_within_10s() {
+    local hostport=${base#http://}
+    exec 3<>"/dev/tcp/${hostport%:*}/${hostport##*:}" || return 1
+    printf 'POST /pay-callback HTTP/1.1\r\nHost: paypush\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{' >&3
+    timeout 15 cat <&3 >"$work/stalled"
+    local closed=$?
+    exec 3<&-
+    [ "$closed" = 0 ] && head -1 "$work/stalled" | grep -q '^HTTP/1.1 408' &&
+        grep -q '"error":"request_timeout"' "$work/stalled"
+}
+
 start_server --push-timeout 30s
 check "subscribe, then callback: the stream gets pending, then 支付成功, then ends" subscribe_then_callback
 check "a late subscriber gets the recorded outcome at once" late_subscriber_gets_the_outcome
 check "a repeated callback is a duplicate, a different one a 409" duplicate_and_conflict
 check "form-encoded and JSON callbacks" form_and_json_callbacks
+check "a long-poll on /status is woken by a callback; bad wait is 400" long_poll_is_woken_by_a_callback
+check "a 405 names the route's methods in Allow" wrong_method_names_the_allowed_ones
 check "bad input gets JSON errors" bad_input_is_json_400
 check "SIGTERM ends open streams and the server exits 0" sigterm_ends_streams_and_exits_0
 
@@ -142,6 +190,13 @@ check "signed mode: unsigned refused, paypush sign accepted, replay refused" sig
 check "signed mode: a signature computed with openssl alone is accepted" signed_with_openssl_alone
 check "signed mode: a signed JSON POST is accepted" signed_post_with_paypush_sign
 check "subscribe tokens: none is 403, paypush token opens the stream" subscribe_with_a_token
+stop_server
+
+PAYPUSH_CALLBACK_SECRET=$secret PAYPUSH_SUBSCRIBE_SECRET=$sub_secret \
+    start_server --no-demo-page --metrics-bind 127.0.0.1:0
+check "production flags: no demo page, /metrics only on --metrics-bind" production_flags_hide_the_demo_page_and_metrics
+check "every answer says X-Content-Type-Options: nosniff" every_answer_says_nosniff
+check "a body that stalls gets 408 and a close within 10 s" a_stalled_body_gets_408_within_10s
 stop_server
 
 rm -rf "$work"

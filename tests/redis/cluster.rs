@@ -255,24 +255,75 @@ async fn total(instances: &[TestApp], metric: &str) -> f64 {
     sum
 }
 
+/// A waiter of any transport, registered and waiting.
+enum Waiter {
+    Sse(EventStream),
+    Poll(tokio::task::JoinHandle<Value>),
+    Ws(super::helpers::WsClient),
+}
+
+impl Waiter {
+    /// Opens one, for payment `i`, of the transport `i` picks.
+    async fn open(app: &TestApp, i: usize) -> Waiter {
+        let id = payment(i);
+        match (i / 3) % 3 {
+            0 => Waiter::Sse(app.push_pending(&id).await),
+            1 => {
+                let request = app
+                    .client
+                    .get(app.url(&format!("/status?payRecordId={id}&wait=25")));
+                Waiter::Poll(tokio::spawn(async move {
+                    request.send().await.unwrap().json().await.unwrap()
+                }))
+            }
+            _ => Waiter::Ws(app.ws_pending(&id).await),
+        }
+    }
+
+    /// The outcome it gets; then it must end.
+    async fn outcome(self) -> Value {
+        match self {
+            Waiter::Sse(mut stream) => {
+                let outcome = stream.next_event().await.expect("an outcome").json();
+                assert!(stream.ends().await, "exactly one outcome, then the end");
+                outcome
+            }
+            Waiter::Poll(poll) => tokio::time::timeout(PATIENCE, poll)
+                .await
+                .expect("woken in time")
+                .unwrap(),
+            Waiter::Ws(mut socket) => {
+                let outcome = super::helpers::next_json(&mut socket).await;
+                assert_eq!(super::helpers::next_close(&mut socket).await.0, 1000);
+                outcome
+            }
+        }
+    }
+}
+
 #[tokio::test]
-async fn cluster_streams_on_one_instance_get_callbacks_taken_by_another_over_all_slots() {
+async fn cluster_streams_long_polls_and_websockets_get_callbacks_taken_by_another_instance() {
     let Some((redis, instances)) =
-        cluster::<3>("cluster_streams_get_callbacks_over_all_slots", &[]).await
+        cluster::<3>("cluster_waiters_get_callbacks_over_all_slots", &[]).await
     else {
         return;
     };
     const PAYMENTS: usize = 300;
-    let mut streams = Vec::new();
+    let mut waiters = Vec::new();
     for batch in (0..PAYMENTS).collect::<Vec<_>>().chunks(100) {
         let opened = join_all(batch.iter().map(|&i| {
             let app = &instances[i % 3];
-            async move { (i, app.push_pending(&payment(i)).await) }
+            async move { (i, Waiter::open(app, i).await) }
         }))
         .await;
-        streams.extend(opened);
+        waiters.extend(opened);
     }
-    // Every primary holds some of these payments' channels.
+    // Every waiter's channel is subscribed (a long-poll has no pending
+    // answer to tell), and every primary holds some of them.
+    for app in instances.iter() {
+        app.wait_for_metric("paypush_redis_channels_subscribed", (PAYMENTS / 3) as f64)
+            .await;
+    }
     for port in redis.primaries().await {
         let channels: Vec<String> = command(port, &["PUBSUB", "SHARDCHANNELS"]).await.unwrap();
         assert!(!channels.is_empty(), "no channel on primary {port}");
@@ -288,16 +339,20 @@ async fn cluster_streams_on_one_instance_get_callbacks_taken_by_another_over_all
     }))
     .await;
 
-    join_all(streams.into_iter().map(|(i, mut stream)| async move {
-        let outcome = stream.next_event().await.expect("an outcome");
-        assert_eq!(outcome.json()["payRecordId"], payment(i));
-        assert_eq!(outcome.json()["status"], statuses[i % 3]);
-        assert!(stream.ends().await, "exactly one outcome, then the end");
+    join_all(waiters.into_iter().map(|(i, waiter)| async move {
+        let outcome = waiter.outcome().await;
+        assert_eq!(outcome["payRecordId"], payment(i));
+        assert_eq!(outcome["status"], statuses[i % 3]);
     }))
     .await;
+    let mut delivered = 0.0;
+    for transport in ["sse", "poll", "ws"] {
+        let metric = format!("paypush_outcomes_delivered_total{{transport=\"{transport}\"}}");
+        delivered += total(&instances, &metric).await;
+    }
     assert_eq!(
-        total(&instances, "paypush_outcomes_delivered_total").await,
-        PAYMENTS as f64
+        delivered, PAYMENTS as f64,
+        "each waiter got its outcome once"
     );
     // Each outcome travelled to the one instance waiting for it.
     assert_eq!(
