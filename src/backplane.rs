@@ -193,21 +193,27 @@ impl Backplane {
     /// Records `outcome` unless the payment has one (first wins) and delivers
     /// it to this instance's streams; in Redis mode, to every instance's.
     pub async fn record(&self, hub: &Hub, outcome: Outcome) -> Result<Completion, RecordError> {
-        let recorded = match self {
+        let (recorded, notified) = match self {
             Backplane::Memory => return hub.complete(outcome).await.map_err(RecordError::Refused),
-            Backplane::Redis(redis) => redis.record(&outcome).await,
-            Backplane::Cluster(cluster) => cluster.record(&outcome).await,
+            Backplane::Redis(redis) => {
+                let recorded = redis.record(&outcome).await.map_err(RecordError::Redis)?;
+                // Redis keeps it; this hub only hands it to its own streams
+                // (a duplicate's too, in case they missed it).
+                let notified = hub.deliver(recorded.clone().unwrap_or_else(|| outcome.clone()));
+                (recorded, notified)
+            }
+            // It has handed it to this hub already, before waiting for a replica.
+            Backplane::Cluster(cluster) => cluster
+                .record(hub, &outcome)
+                .await
+                .map_err(RecordError::Redis)?,
         };
-        let recorded = recorded.map_err(RecordError::Redis)?;
         Ok(match recorded {
-            // Redis keeps it; this hub only hands it to its own streams.
             None => Completion::Recorded {
-                notified: hub.deliver(outcome.clone()),
+                notified,
                 outcome: Arc::new(outcome),
             },
             Some(recorded) => {
-                // Make sure this instance's streams have it too.
-                hub.deliver(recorded.clone());
                 let recorded = Arc::new(recorded);
                 if recorded.status == outcome.status {
                     Completion::Duplicate(recorded)

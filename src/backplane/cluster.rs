@@ -254,10 +254,17 @@ impl Cluster {
         Ok(connection.clone())
     }
 
-    /// Runs the record script, then (where the shard has a replica) waits
-    /// until a replica has it: `None` when this call recorded `outcome`,
-    /// else the outcome already recorded.
-    pub async fn record(&self, outcome: &Outcome) -> Result<Option<Outcome>, Unavailable> {
+    /// Runs the record script and hands what Redis now holds to this
+    /// instance's waiters at once (the other instances' got it by `SPUBLISH`
+    /// already: neither waits for the replica), then, where the shard has a
+    /// replica, waits until one has it before the callback may be answered.
+    /// Returns the outcome already recorded (`None`: this call recorded
+    /// `outcome`) and how many local waiters it reached.
+    pub async fn record(
+        &self,
+        hub: &Hub,
+        outcome: &Outcome,
+    ) -> Result<(Option<Outcome>, usize), Unavailable> {
         let mut commands = self.commands().await?;
         let id = outcome.pay_record_id;
         let mut invocation = self.record.key(outcome_key(id));
@@ -273,6 +280,7 @@ impl Cluster {
                     .ok_or_else(|| Unavailable(format!("unreadable outcome in Redis for {id}")))
             })
             .transpose()?;
+        let notified = hub.deliver(existing.clone().unwrap_or_else(|| outcome.clone()));
         // A conflict answers 409, which promises nothing: no need to wait.
         let conflict = existing
             .as_ref()
@@ -280,7 +288,7 @@ impl Cluster {
         if !conflict {
             self.wait_for_replica(&mut commands, slot(id)).await?;
         }
-        Ok(existing)
+        Ok((existing, notified))
     }
 
     /// `WAIT 1` on the connection that wrote, where `slot`'s shard has an
