@@ -153,6 +153,11 @@ struct Args {
     /// How a waiter waits: an event stream, a long-poll, or a WebSocket.
     #[arg(long, value_enum, default_value_t = Transport::Sse)]
     transport: Transport,
+    /// Carry the event streams over this many HTTP/2 cleartext (h2c, prior
+    /// knowledge) connections, as a proxy does upstream, instead of one
+    /// HTTP/1.1 connection each (0). SSE only.
+    #[arg(long, default_value_t = 0)]
+    h2c_connections: usize,
 }
 
 /// How a waiter waits for its outcome.
@@ -582,6 +587,105 @@ async fn run_stream(
             }
             Ok(n) => input.truncate(n),
         }
+    }
+    if !ready {
+        let e = ended_by.unwrap_or_else(|| std::io::ErrorKind::UnexpectedEof.into());
+        return fail(&shared, slot, "wait for pending", &e);
+    }
+    if slot.outcomes.load(Ordering::Relaxed) == 0 {
+        slot.state.store(state::ENDED_EARLY, Ordering::Relaxed);
+    }
+}
+
+/// Opens an h2c connection (HTTP/2 with prior knowledge) from `from` and
+/// drives it in its own task; its streams are opened with the handle.
+async fn h2c_connect(
+    target: &Target,
+    from: SocketAddr,
+) -> Result<h2::client::SendRequest<bytes::Bytes>, String> {
+    let io = connect(target.addr, from)
+        .await
+        .map_err(|e| format!("h2c connect: {e}"))?;
+    let (send, connection) = h2::client::handshake(io)
+        .await
+        .map_err(|e| format!("h2c handshake: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("loadgen: an h2c connection ended: {e}");
+        }
+    });
+    Ok(send)
+}
+
+/// One event stream over a shared h2c connection: the same life as
+/// [`run_stream`]'s (subscribe, wait for the outcome, then close the stream
+/// with a reset, as `EventSource.close()` does).
+async fn run_h2c_stream(
+    shared: Arc<Shared>,
+    target: Arc<Target>,
+    index: usize,
+    connection: h2::client::SendRequest<bytes::Bytes>,
+    ready_on: Ready,
+    permits: Arc<Semaphore>,
+) {
+    let slot = &shared.streams[index];
+    let id = shared.id_base + index as u64;
+    let permit = permits.acquire().await;
+    let h2_error = |e: h2::Error| std::io::Error::other(e.to_string());
+    let request = http::Request::get(format!("http://{}{}", target.host, target.path_for(id)))
+        .header("accept", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(());
+    let Ok(request) = request else {
+        return fail(
+            &shared,
+            slot,
+            "build request",
+            &std::io::ErrorKind::InvalidInput.into(),
+        );
+    };
+    // Waits while the connection carries as many streams as the server allows.
+    let mut connection = match connection.ready().await {
+        Ok(connection) => connection,
+        Err(e) => return fail(&shared, slot, "h2c ready", &h2_error(e)),
+    };
+    let response = match connection.send_request(request, true) {
+        Ok((response, _)) => response.await,
+        Err(e) => return fail(&shared, slot, "h2c request", &h2_error(e)),
+    };
+    let response = match response {
+        Ok(response) => response,
+        Err(e) => return fail(&shared, slot, "h2c response head", &h2_error(e)),
+    };
+    if response.status() != 200 {
+        return refuse(&shared, slot, response.status().as_u16());
+    }
+    let mut ready = false;
+    if ready_on == Ready::Headers {
+        mark_ready(&shared, slot, &mut ready);
+    }
+    drop(permit);
+    let mut body = response.into_body();
+    let mut sse = SseParser::default();
+    let mut ended_by = None;
+    while slot.outcomes.load(Ordering::Relaxed) == 0 {
+        let chunk = match body.data().await {
+            None => break,
+            Some(Err(e)) => {
+                ended_by = Some(h2_error(e));
+                break;
+            }
+            Some(Ok(chunk)) => chunk,
+        };
+        let _ = body.flow_control().release_capacity(chunk.len());
+        sse.feed(&chunk, |event| match event {
+            SseEvent::Pending => mark_ready(&shared, slot, &mut ready),
+            SseEvent::Outcome => record_outcome(&shared, slot),
+            SseEvent::Timeout => {
+                slot.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            SseEvent::Other => {}
+        });
     }
     if !ready {
         let e = ended_by.unwrap_or_else(|| std::io::ErrorKind::UnexpectedEof.into());
@@ -1282,11 +1386,25 @@ async fn run(args: Args) -> Result<(), String> {
     // Open the streams.
     let open_start = Instant::now();
     let permits = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let mut h2c = Vec::with_capacity(args.h2c_connections);
+    for n in 0..args.h2c_connections {
+        // Connection `n` goes to the `n % m`-th instance.
+        let target = &subscribe[n % subscribe.len()];
+        h2c.push(h2c_connect(target, source(n, args.sources)).await?);
+    }
     for index in 0..args.streams {
         // Stream `i` goes to the `i % n`-th instance.
         let subscribe = subscribe[index % subscribe.len()].clone();
         let (shared, permits) = (shared.clone(), permits.clone());
         match args.transport {
+            Transport::Sse if !h2c.is_empty() => tokio::spawn(run_h2c_stream(
+                shared,
+                subscribe,
+                index,
+                h2c[index % h2c.len()].clone(),
+                ready_mode,
+                permits,
+            )),
             Transport::Sse => tokio::spawn(run_stream(
                 shared,
                 subscribe,

@@ -187,6 +187,15 @@ pub enum Command {
         /// The request body (empty for GET).
         #[arg(long, default_value = "")]
         body: String,
+        /// The request's Content-Type; its type/subtype is signed [default: none for GET, application/x-www-form-urlencoded for POST (what curl -d sends)].
+        #[arg(long, value_name = "TYPE")]
+        content_type: Option<String>,
+        /// Sign with this Unix time instead of now (to check another implementation).
+        #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
+        timestamp: Option<i64>,
+        /// Sign with this nonce instead of a random one (to check another implementation).
+        #[arg(long, value_name = "NONCE", value_parser = parse_nonce)]
+        nonce: Option<String>,
     },
     /// Print the subscribe token of a payment.
     Token {
@@ -228,6 +237,14 @@ fn parse_origin(s: &str) -> Result<String, String> {
         ));
     }
     Ok(s.to_string())
+}
+
+fn parse_nonce(s: &str) -> Result<String, String> {
+    if crate::signature::is_valid_nonce(s) {
+        Ok(s.to_string())
+    } else {
+        Err("must be 16 to 64 characters of [A-Za-z0-9_-]".to_string())
+    }
 }
 
 /// A base URL like `https://pay.example.com` or `https://example.com/paypush`:

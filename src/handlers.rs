@@ -91,9 +91,17 @@ impl CallbackRequest {
         let Some(secret) = &app.config.callback_secret else {
             return Ok((None, Stored::now()));
         };
+        // Signed as sent: a header that is not text signs (and so matches)
+        // nothing but its lossy reading, and is refused later as 415.
+        let media_type = self
+            .headers
+            .get(CONTENT_TYPE)
+            .map(|v| signature::media_type(&String::from_utf8_lossy(v.as_bytes())))
+            .unwrap_or_default();
         let parts = SignedParts {
             method: self.method.as_str(),
             path_and_query: &self.path_and_query,
+            media_type: &media_type,
             body: &self.body,
         };
         let headers = SignatureHeaders::parse(&self.headers)?;
@@ -276,6 +284,18 @@ pub async fn readyz(app: App) -> Result<Response, Rejection> {
         return Err(ApiError::NotReady.into());
     }
     Ok(warp::reply::json(&serde_json::json!({ "status": "ready" })).into_response())
+}
+
+/// The OpenAPI 3.1 document of the contract, built into the binary.
+pub const OPENAPI_YAML: &str = include_str!("../docs/openapi.yaml");
+
+/// `GET /openapi.yaml`
+pub async fn openapi() -> Result<Response, Rejection> {
+    let mut response = OPENAPI_YAML.into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
 }
 
 /// `GET /metrics`

@@ -63,16 +63,25 @@ async fn main() -> ExitCode {
             method,
             path,
             body,
+            content_type,
+            timestamp,
+            nonce,
         }) => {
             let Some(secret) = secret else {
                 return missing_secret("PAYPUSH_CALLBACK_SECRET");
             };
+            let content_type = content_type.unwrap_or_else(|| default_content_type(&method).into());
+            let media_type = signature::media_type(&content_type);
             let parts = SignedParts {
                 method: &method,
                 path_and_query: &path,
+                media_type: &media_type,
                 body: body.as_bytes(),
             };
-            for (name, value) in signature::sign(&secret, parts, SystemTime::now()) {
+            let timestamp = timestamp.unwrap_or_else(|| signature::unix_seconds(SystemTime::now()));
+            let nonce = nonce.unwrap_or_else(signature::fresh_nonce);
+            let headers = signature::sign_with(&secret, parts, timestamp.to_string(), nonce);
+            for (name, value) in headers {
                 println!("{name}: {value}");
             }
             ExitCode::SUCCESS
@@ -175,6 +184,16 @@ fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(address)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// What `paypush sign` signs when `--content-type` is not given: none for GET,
+/// and for POST what `curl -d` and an HTML form send.
+fn default_content_type(method: &str) -> &'static str {
+    if method == "POST" {
+        "application/x-www-form-urlencoded"
+    } else {
+        ""
+    }
 }
 
 fn missing_secret(variable: &str) -> ExitCode {

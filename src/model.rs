@@ -57,6 +57,38 @@ impl PayRecordId {
         }
     }
 
+    /// From the text of a JSON number whose value is a whole number, in any
+    /// of JSON's spellings (`123`, `123.0`, `1.23e2`, `12300e-2`), exactly:
+    /// no float is involved, so no rounding can turn it into another id.
+    pub fn from_json_number(text: &str) -> Result<Self, InvalidPayRecordId> {
+        let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+            Some((mantissa, exponent)) => (mantissa, exponent),
+            None => (text, "0"),
+        };
+        let exponent: i64 = exponent.parse().map_err(|_| InvalidPayRecordId)?;
+        let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        if whole.is_empty() || !(whole.bytes().chain(fraction.bytes())).all(|b| b.is_ascii_digit())
+        {
+            return Err(InvalidPayRecordId);
+        }
+        // The digits without leading zeros, and where the decimal point
+        // falls among them.
+        let all = format!("{whole}{fraction}");
+        let digits = all.trim_start_matches('0');
+        let leading_zeros = (all.len() - digits.len()) as i64;
+        let point = (whole.len() as i64)
+            .saturating_add(exponent)
+            .saturating_sub(leading_zeros);
+        let significant = digits.trim_end_matches('0');
+        let len = significant.len() as i64;
+        // Zero, a fraction, or more digits than any id has.
+        if significant.is_empty() || point < len || point > MAX_ID_DIGITS {
+            return Err(InvalidPayRecordId);
+        }
+        let integer = format!("{significant}{}", "0".repeat((point - len) as usize));
+        PayRecordId::parse(&integer)
+    }
+
     /// The numeric value.
     pub fn get(self) -> u64 {
         self.0
@@ -288,9 +320,13 @@ impl Callback {
         }
         let pay_record_id = match object.get("payRecordId") {
             Some(serde_json::Value::String(s)) => PayRecordId::parse(s).ok(),
-            Some(serde_json::Value::Number(n)) => {
-                n.as_u64().and_then(|n| PayRecordId::from_u64(n).ok())
-            }
+            Some(serde_json::Value::Number(n)) => match n.as_u64() {
+                Some(n) => PayRecordId::from_u64(n).ok(),
+                // `123.0` or `1.23e2`: read from the text, never through a
+                // float that could round it to another payment.
+                None => raw_pay_record_id(body)
+                    .and_then(|text| PayRecordId::from_json_number(&text).ok()),
+            },
             _ => None,
         }
         .ok_or(InvalidCallback::PayRecordId)?;
@@ -304,6 +340,20 @@ impl Callback {
             status,
         })
     }
+}
+
+/// Digits of [`PayRecordId::MAX`].
+const MAX_ID_DIGITS: i64 = 19;
+
+/// The text of the body's top-level `payRecordId` value, as sent.
+fn raw_pay_record_id(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Raw<'a> {
+        #[serde(rename = "payRecordId", borrow)]
+        pay_record_id: &'a serde_json::value::RawValue,
+    }
+    let raw: Raw<'_> = serde_json::from_slice(body).ok()?;
+    Some(raw.pay_record_id.get().to_string())
 }
 
 /// A JSON object's top-level fields, and whether a key came more than once
@@ -359,6 +409,47 @@ pub fn single<'a>(pairs: &'a [(String, String)], key: &str) -> Result<Option<&'a
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_numbers_with_whole_values_are_ids_read_exactly() {
+        for (text, id) in [
+            ("123", 123),
+            ("123.0", 123),
+            ("123.000", 123),
+            ("1.23e2", 123),
+            ("1.23E+2", 123),
+            ("12300e-2", 123),
+            ("0.0123e4", 123),
+            ("9.223372036854775807e18", PayRecordId::MAX),
+        ] {
+            assert_eq!(
+                PayRecordId::from_json_number(text).map(PayRecordId::get),
+                Ok(id),
+                "{text}"
+            );
+        }
+        for text in [
+            "123.5",
+            "1.2345e2",
+            "0",
+            "0.0",
+            "-1.0",
+            "1e19",
+            "9.223372036854775808e18",
+            "1.0000000000000001",
+            "4503599627370495.5",
+            "1e99999999999999999999",
+        ] {
+            assert!(PayRecordId::from_json_number(text).is_err(), "{text}");
+        }
+        let callback =
+            Callback::from_json(br#"{"payRecordId":218164.0,"status":"failed"}"#).unwrap();
+        assert_eq!(
+            (callback.pay_record_id.get(), callback.status),
+            (218164, Status::Failed)
+        );
+        assert!(Callback::from_json(br#"{"payRecordId":218164.5}"#).is_err());
+    }
 
     #[test]
     fn pay_record_id_accepts_only_the_exact_decimal_form() {

@@ -32,22 +32,30 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every route, with errors mapped to JSON.
 pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    push(app.clone())
+    // Two boxed groups: one filter type nesting every route is deeper than
+    // the compiler's default recursion limit.
+    let checkout = push(app.clone())
         .or(status(app.clone()))
         .unify()
         .or(websocket(app.clone()))
         .unify()
         .or(callback(app.clone()))
         .unify()
-        .or(healthz())
-        .unify()
+        .boxed();
+    let operations = healthz()
         .or(readyz(app.clone()))
         .unify()
         .or(metrics(app.clone()))
         .unify()
         .or(qr_svg(app.clone()))
         .unify()
+        .or(openapi())
+        .unify()
         .or(static_files(app))
+        .unify()
+        .boxed();
+    checkout
+        .or(operations)
         .unify()
         .recover(handle_rejection)
         .unify()
@@ -166,6 +174,13 @@ pub fn qr_svg(app: App) -> impl Filter<Extract = (Response,), Error = Rejection>
         .and(warp::host::optional())
         .and(with_app(app))
         .and_then(qr::qr_svg)
+}
+
+/// GET /openapi.yaml: this API in OpenAPI 3.1 (docs/openapi.yaml)
+pub fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("openapi.yaml")
+        .and(methods(&[Method::GET], "GET"))
+        .and_then(handlers::openapi)
 }
 
 /// GET /, GET /<file>: the demo page and its assets

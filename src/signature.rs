@@ -3,8 +3,10 @@
 //!
 //! A signed callback carries `Paypush-Timestamp`, `Paypush-Nonce` and
 //! `Paypush-Signature`, the hex HMAC of
-//! `timestamp \n nonce \n METHOD \n path_and_query \n body \n`. A subscribe
-//! token is the hex HMAC of `push:<payRecordId>`.
+//! `timestamp \n nonce \n METHOD \n path_and_query \n media_type \n body \n`
+//! (contract v2: the media type is signed, because the same body means
+//! different fields as JSON and as a form). A subscribe token is the hex HMAC
+//! of `push:<payRecordId>`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -82,6 +84,9 @@ pub struct SignedParts<'a> {
     pub method: &'a str,
     /// The path and query as sent, e.g. `/pay-callback?payRecordId=123`.
     pub path_and_query: &'a str,
+    /// The `Content-Type`'s type/subtype, lower case, without parameters
+    /// (see [`media_type`]); empty when the request has none (GET).
+    pub media_type: &'a str,
     /// The body; empty for GET.
     pub body: &'a [u8],
 }
@@ -197,8 +202,21 @@ pub fn sign(
     parts: SignedParts<'_>,
     now: SystemTime,
 ) -> [(&'static str, String); 3] {
-    let timestamp = unix_seconds(now).to_string();
-    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    sign_with(secret, parts, unix_seconds(now).to_string(), fresh_nonce())
+}
+
+/// A random nonce: 32 hex digits.
+pub fn fresh_nonce() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// The three headers for a request signed with this timestamp and nonce.
+pub fn sign_with(
+    secret: &Secret,
+    parts: SignedParts<'_>,
+    timestamp: String,
+    nonce: String,
+) -> [(&'static str, String); 3] {
     let signature = signature_of(secret, &timestamp, &nonce, parts);
     [
         (TIMESTAMP_HEADER, timestamp),
@@ -249,12 +267,26 @@ fn message_mac(
         nonce.as_bytes(),
         parts.method.as_bytes(),
         parts.path_and_query.as_bytes(),
+        parts.media_type.as_bytes(),
         parts.body,
     ] {
         mac.update(piece);
         mac.update(b"\n");
     }
     mac
+}
+
+/// The signed form of a `Content-Type` value: its type/subtype, trimmed, in
+/// lower case, without parameters (`Application/JSON; charset=UTF-8` ->
+/// `application/json`). The server and `paypush sign` both use this, so they
+/// cannot disagree.
+pub fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
 }
 
 fn parse_timestamp(text: &str) -> Result<i64, SignatureError> {
@@ -265,14 +297,16 @@ fn parse_timestamp(text: &str) -> Result<i64, SignatureError> {
     text.parse().map_err(|_| SignatureError::MalformedTimestamp)
 }
 
-fn is_valid_nonce(nonce: &str) -> bool {
+/// Whether `nonce` is 16 to 64 characters of `[A-Za-z0-9_-]`.
+pub fn is_valid_nonce(nonce: &str) -> bool {
     NONCE_LENGTH.contains(&nonce.len())
         && nonce
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn unix_seconds(time: SystemTime) -> i64 {
+/// `time` in Unix seconds (negative before 1970).
+pub fn unix_seconds(time: SystemTime) -> i64 {
     match time.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
@@ -291,7 +325,19 @@ mod tests {
     const GET: SignedParts<'static> = SignedParts {
         method: "GET",
         path_and_query: "/pay-callback?payRecordId=123",
+        media_type: "",
         body: b"",
+    };
+
+    /// The body of issue 13: one payment as JSON, another as a form.
+    const AMBIGUOUS_BODY: &[u8] =
+        br#"{"payRecordId":"21","note":"x&payRecordId=22&status=FAILED&y="}"#;
+
+    const JSON_POST: SignedParts<'static> = SignedParts {
+        method: "POST",
+        path_and_query: "/pay-callback",
+        media_type: "application/json",
+        body: AMBIGUOUS_BODY,
     };
 
     fn headers_of(signed: &[(&'static str, String); 3]) -> HeaderMap {
@@ -328,11 +374,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn signature_matches_the_documented_message() {
-        // The README's openssl recipe computes exactly this.
+    /// Parses headers carrying the HMAC of `message` (timestamp 1700000000,
+    /// nonce `abcdefghijklmnop`), written in upper-case hex.
+    fn headers_signing(message: &[u8]) -> SignatureHeaders {
         let mut mac = secret().mac();
-        mac.update(b"1700000000\nabcdefghijklmnop\nGET\n/pay-callback?payRecordId=123\n\n");
+        mac.update(message);
         let expected = mac.finalize().into_bytes();
         let mut headers = HeaderMap::new();
         headers.insert(TIMESTAMP_HEADER, HeaderValue::from_static("1700000000"));
@@ -341,9 +387,78 @@ mod tests {
             SIGNATURE_HEADER,
             HeaderValue::from_str(&hex::encode_upper(expected)).unwrap(),
         );
-        let parsed = SignatureHeaders::parse(&headers).unwrap();
-        let then = UNIX_EPOCH + Duration::from_secs(1_700_000_100);
-        assert_eq!(parsed.verify(&secret(), GET, then), Ok(()));
+        SignatureHeaders::parse(&headers).unwrap()
+    }
+
+    fn then() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_100)
+    }
+
+    #[test]
+    fn get_signature_matches_the_documented_message() {
+        // The README's openssl recipe computes exactly this: an empty line
+        // for the media type and another for the body.
+        let parsed = headers_signing(
+            b"1700000000\nabcdefghijklmnop\nGET\n/pay-callback?payRecordId=123\n\n\n",
+        );
+        assert_eq!(parsed.verify(&secret(), GET, then()), Ok(()));
+    }
+
+    #[test]
+    fn post_signature_matches_the_documented_message_with_its_media_type() {
+        let form = SignedParts {
+            media_type: "application/x-www-form-urlencoded",
+            body: b"payRecordId=124&status=FAILED",
+            ..JSON_POST
+        };
+        let parsed = headers_signing(
+            b"1700000000\nabcdefghijklmnop\nPOST\n/pay-callback\n\
+              application/x-www-form-urlencoded\npayRecordId=124&status=FAILED\n",
+        );
+        assert_eq!(parsed.verify(&secret(), form, then()), Ok(()));
+        let as_json = SignedParts {
+            media_type: "application/json",
+            ..form
+        };
+        assert_eq!(
+            parsed.verify(&secret(), as_json, then()),
+            Err(SignatureError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_body_signed_as_json_does_not_verify_as_a_form() {
+        let now = SystemTime::now();
+        let parsed =
+            SignatureHeaders::parse(&headers_of(&sign(&secret(), JSON_POST, now))).unwrap();
+        assert_eq!(parsed.verify(&secret(), JSON_POST, now), Ok(()));
+        for other in ["application/x-www-form-urlencoded", "", "text/plain"] {
+            let replayed = SignedParts {
+                media_type: other,
+                ..JSON_POST
+            };
+            assert_eq!(
+                parsed.verify(&secret(), replayed, now),
+                Err(SignatureError::BadSignature),
+                "{other:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn media_type_is_type_and_subtype_in_lower_case_without_parameters() {
+        for (header, signed) in [
+            ("application/json", "application/json"),
+            ("Application/JSON; charset=UTF-8", "application/json"),
+            (
+                "application/x-www-form-urlencoded;charset=utf-8",
+                "application/x-www-form-urlencoded",
+            ),
+            (" text/plain ; q=1", "text/plain"),
+            ("", ""),
+        ] {
+            assert_eq!(media_type(header), signed, "{header:?}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod h2c;
 mod hardening;
 mod helpers;
 mod lifecycle;
+mod openapi;
 mod push;
 mod qr;
 mod security;

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use paypush::model::PayRecordId;
-use paypush::signature::{signature_of, subscribe_token, Secret, SignedParts};
+use paypush::signature::{media_type, signature_of, subscribe_token, Secret, SignedParts};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -20,9 +20,12 @@ fn now() -> i64 {
 }
 
 /// A callback request with explicit signature inputs.
+#[derive(Clone, Copy)]
 struct Signed<'a> {
     method: &'a str,
     path: &'a str,
+    /// The `Content-Type` sent, and signed; empty: none.
+    content_type: &'a str,
     body: &'a str,
     timestamp: i64,
     nonce: &'a str,
@@ -34,6 +37,7 @@ impl<'a> Signed<'a> {
         Signed {
             method: "GET",
             path,
+            content_type: "",
             body: "",
             timestamp: now(),
             nonce: NONCE,
@@ -41,10 +45,12 @@ impl<'a> Signed<'a> {
         }
     }
 
+    /// A JSON POST.
     fn post(body: &'a str) -> Self {
         Signed {
             method: "POST",
             path: "/pay-callback",
+            content_type: "application/json",
             body,
             ..Signed::get("")
         }
@@ -52,9 +58,11 @@ impl<'a> Signed<'a> {
 
     fn signature(&self) -> String {
         let secret: Secret = self.secret.parse().unwrap();
+        let media_type = media_type(self.content_type);
         let parts = SignedParts {
             method: self.method,
             path_and_query: self.path,
+            media_type: &media_type,
             body: self.body.as_bytes(),
         };
         signature_of(&secret, &self.timestamp.to_string(), self.nonce, parts)
@@ -69,12 +77,38 @@ impl<'a> Signed<'a> {
             .header("Paypush-Timestamp", self.timestamp.to_string())
             .header("Paypush-Nonce", self.nonce)
             .header("Paypush-Signature", self.signature());
+        if !self.content_type.is_empty() {
+            request = request.header("content-type", self.content_type);
+        }
         if self.method == "POST" {
-            request = request
-                .header("content-type", "application/json")
-                .body(sent_body.to_string());
+            request = request.body(sent_body.to_string());
         }
         request.send().await.unwrap()
+    }
+
+    /// Sends it with another `Content-Type` than the one signed.
+    async fn send_with_type(&self, app: &TestApp, content_type: &str) -> reqwest::Response {
+        Signed {
+            content_type,
+            ..*self
+        }
+        .send_as_signed_by(app, self)
+        .await
+    }
+
+    /// Sends this request carrying `signer`'s signature headers.
+    async fn send_as_signed_by(&self, app: &TestApp, signer: &Signed<'_>) -> reqwest::Response {
+        let method = reqwest::Method::from_bytes(self.method.as_bytes()).unwrap();
+        let mut request = app
+            .client
+            .request(method, app.url(self.path))
+            .header("Paypush-Timestamp", signer.timestamp.to_string())
+            .header("Paypush-Nonce", signer.nonce)
+            .header("Paypush-Signature", signer.signature());
+        if !self.content_type.is_empty() {
+            request = request.header("content-type", self.content_type);
+        }
+        request.body(self.body.to_string()).send().await.unwrap()
     }
 
     async fn send(&self, app: &TestApp) -> reqwest::Response {
@@ -276,6 +310,102 @@ async fn tampered_body_or_query_is_refused() {
 }
 
 #[tokio::test]
+async fn signatures_cover_each_media_type_as_sent() {
+    let app = signed_app().await;
+    let cases = [
+        (
+            "application/json",
+            r#"{"payRecordId":"30","status":"FAILED"}"#,
+        ),
+        ("application/json; charset=utf-8", r#"{"payRecordId":"31"}"#),
+        ("Application/JSON", r#"{"payRecordId":"32"}"#),
+        (
+            "application/x-www-form-urlencoded",
+            "payRecordId=33&status=CLOSED",
+        ),
+        (
+            "application/x-www-form-urlencoded; charset=UTF-8",
+            "payRecordId=34",
+        ),
+    ];
+    for (i, (content_type, body)) in cases.into_iter().enumerate() {
+        let nonce = format!("media-type-nonce-{i:04}");
+        let signed = Signed {
+            content_type,
+            nonce: &nonce,
+            ..Signed::post(body)
+        };
+        let answer = signed.send(&app).await;
+        assert_eq!(answer.status(), 200, "{content_type}");
+        assert_eq!(
+            answer.json::<Value>().await.unwrap()["payRecordId"],
+            format!("{}", 30 + i),
+            "{content_type}"
+        );
+    }
+    // A GET signs an empty media type; with a Content-Type, it signs that.
+    let get = Signed::get("/pay-callback?payRecordId=35");
+    assert_eq!(get.send(&app).await.status(), 200);
+    let get_typed = Signed {
+        content_type: "text/plain",
+        nonce: "get-with-a-type-0123",
+        ..Signed::get("/pay-callback?payRecordId=36")
+    };
+    assert_refused(
+        get_typed.send_with_type(&app, "").await,
+        401,
+        "invalid_signature",
+        "does not match",
+    )
+    .await;
+    assert_eq!(get_typed.send(&app).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_body_signed_as_json_cannot_be_replayed_as_a_form() {
+    // Issue 13: as JSON this body is payment 21 SUCCESS, as a form 22 FAILED.
+    let app = signed_app().await;
+    let body = r#"{"payRecordId":"21","note":"x&payRecordId=22&status=FAILED&y="}"#;
+    let as_json = Signed::post(body);
+    assert_refused(
+        as_json
+            .send_with_type(&app, "application/x-www-form-urlencoded")
+            .await,
+        401,
+        "invalid_signature",
+        "does not match",
+    )
+    .await;
+    assert_eq!(app.metric("paypush_outcomes_recorded").await, 0.0);
+    // Payment 22 has no outcome: its stream starts with `pending`.
+    drop(app.push_pending("22").await);
+
+    // The genuine request still goes through (its nonce was not spent).
+    let answer = as_json.send(&app).await;
+    assert_eq!(answer.status(), 200);
+    let answer: Value = answer.json().await.unwrap();
+    assert_eq!(
+        (answer["payRecordId"].as_str(), answer["status"].as_str()),
+        (Some("21"), Some("SUCCESS"))
+    );
+    assert_eq!(app.metric("paypush_outcomes_recorded").await, 1.0);
+
+    // And the other way round: signed as a form, sent as JSON.
+    let as_form = Signed {
+        content_type: "application/x-www-form-urlencoded",
+        nonce: "signed-as-a-form-0123",
+        ..Signed::post(body)
+    };
+    assert_refused(
+        as_form.send_with_type(&app, "application/json").await,
+        401,
+        "invalid_signature",
+        "does not match",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn push_requires_the_payment_token_when_a_subscribe_secret_is_set() {
     let app = spawn_app(&["--subscribe-secret", "sub-secret"]).await;
     assert_refused(
@@ -357,6 +487,51 @@ async fn sign_subcommand_signs_post_bodies() {
         request = request.header(name, value);
     }
     assert_eq!(request.send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn sign_subcommand_signs_the_content_type_it_is_given() {
+    let app = signed_app().await;
+    let body = r#"{"payRecordId":"17","status":"CLOSED"}"#;
+    let sign = |content_type: Option<&'static str>| async move {
+        let mut args = vec![
+            "sign",
+            "--method",
+            "POST",
+            "--path",
+            "/pay-callback",
+            "--body",
+            body,
+        ];
+        if let Some(content_type) = content_type {
+            args.extend(["--content-type", content_type]);
+        }
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
+            .args(args)
+            .env("PAYPUSH_CALLBACK_SECRET", SECRET)
+            .output()
+            .await
+            .unwrap();
+        assert!(output.status.success());
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let send = |headers: String| {
+        let mut request = app
+            .client
+            .post(app.url("/pay-callback"))
+            .header("content-type", "application/json; charset=utf-8")
+            .body(body);
+        for line in headers.lines() {
+            let (name, value) = line.split_once(": ").unwrap();
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    // The default, a form, does not match a JSON request.
+    assert_eq!(send(sign(None).await).await.unwrap().status(), 401);
+    let answer = send(sign(Some("application/json")).await).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.json::<Value>().await.unwrap()["status"], "CLOSED");
 }
 
 #[tokio::test]
@@ -594,4 +769,115 @@ async fn a_flood_of_streams_is_bounded_and_others_are_still_served() {
     );
     let late = app.push("2000").await;
     assert_eq!(late.response_status, 200);
+}
+
+/// A `Content-Type` as a client might write it: any token type/subtype, in
+/// any case, with or without parameters and spaces.
+fn content_types() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just("application/json".to_string()),
+        Just("application/x-www-form-urlencoded".to_string()),
+        "[A-Za-z][A-Za-z0-9.+-]{0,12}/[A-Za-z][A-Za-z0-9.+-]{0,12}( ?; ?charset=[A-Za-z0-9-]{1,8})?",
+        "(Application/JSON|APPLICATION/X-WWW-FORM-URLENCODED)(; charset=UTF-8)?",
+    ]
+}
+
+/// The headers `paypush sign` prints for this request.
+fn paypush_sign(
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> Vec<(String, String)> {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_paypush"));
+    command
+        .args([
+            "sign",
+            &format!("--method={method}"),
+            &format!("--path={path}"),
+        ])
+        .arg(format!("--body={body}"))
+        .env("PAYPUSH_CALLBACK_SECRET", SECRET);
+    if let Some(content_type) = content_type {
+        command.arg(format!("--content-type={content_type}"));
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let (name, value) = line.split_once(": ").unwrap();
+            (name.to_string(), value.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn paypush_sign_and_the_server_agree_for_any_method_path_media_type_and_body() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let app = runtime.block_on(signed_app());
+    let mut runner = TestRunner::new(Config {
+        cases: 40,
+        ..Config::default()
+    });
+    let requests = (
+        prop_oneof![Just("GET"), Just("POST")],
+        "(\\?[A-Za-z0-9=&._~-]{0,30})?",
+        proptest::option::of(content_types()),
+        "\\PC{0,48}",
+    );
+    let result = runner.run(&requests, |(method, query, content_type, body)| {
+        let path = format!("/pay-callback{query}");
+        let body = if method == "GET" { String::new() } else { body };
+        let headers = paypush_sign(method, &path, content_type.as_deref(), &body);
+        // What is sent: the given type, else paypush sign's default.
+        let sent_type = content_type.unwrap_or_else(|| match method {
+            "POST" => "application/x-www-form-urlencoded".into(),
+            _ => String::new(),
+        });
+        let send = |content_type: &str| {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let mut request = app
+                .client
+                .request(method, app.url(&path))
+                .body(body.clone());
+            for (name, value) in &headers {
+                request = request.header(name, value);
+            }
+            if !content_type.is_empty() {
+                request = request.header("content-type", content_type);
+            }
+            runtime.block_on(async {
+                let answer = request.send().await.unwrap();
+                let status = answer.status().as_u16();
+                (status, answer.text().await.unwrap())
+            })
+        };
+        // Another media type than the signed one is refused (and, refused,
+        // does not spend the nonce) ...
+        let (status, text) = send("application/x-paypush-other");
+        prop_assert_eq!(status, 401, "{}", text);
+        prop_assert!(text.contains("does not match"), "{}", text);
+        // ... and the signed one passes the signature check, whatever the
+        // fields then say (200, 400, 409, 415).
+        let (status, text) = send(&sent_type);
+        prop_assert!(
+            status != 401,
+            "{} {:?} {:?}: {} {}",
+            method,
+            path,
+            sent_type,
+            status,
+            text
+        );
+        Ok(())
+    });
+    if let Err(failure) = result {
+        panic!("{failure}");
+    }
 }

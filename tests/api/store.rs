@@ -467,3 +467,30 @@ async fn a_signed_callback_answered_503_is_accepted_when_the_provider_retries_it
     tokio::time::sleep(Duration::from_millis(1_300)).await;
     assert_eq!(send(second, retried).await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn over_max_outcomes_a_new_outcome_is_503_and_a_duplicate_still_200() {
+    let app = spawn_app(&["--max-outcomes", "2"]).await;
+    for id in ["1", "2"] {
+        assert_eq!(app.callback(id, None).await.status(), 200);
+    }
+    let refused = app.callback("3", None).await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let json: Value = refused.json().await.unwrap();
+    assert_eq!(json["error"], "unavailable");
+    assert!(
+        json["message"].as_str().unwrap().contains("--max-outcomes"),
+        "{json}"
+    );
+    let again: Value = app.callback("1", None).await.json().await.unwrap();
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(app.metric("paypush_outcomes_refused_total").await, 1.0);
+    assert_eq!(app.metric("paypush_outcomes_recorded").await, 2.0);
+    // Nothing was evicted and nothing half-recorded: payment 3 is still open.
+    let mut stream = app.push_pending("3").await;
+    assert!(stream
+        .next_within(Duration::from_millis(200))
+        .await
+        .is_err());
+}

@@ -6,13 +6,15 @@ set -uo pipefail
 
 bin=$(realpath "${1:?usage: tests/curl/run.sh path/to/paypush}")
 work=$(mktemp -d)
+mkdir "$work/run"  # the server's working directory: nothing lands in the checkout
 passed=0
 failed=0
 
 start_server() {
     : >"$work/server.log"
-    # Each server keeps its store in a fresh folder of its own.
-    "$bin" --bind 127.0.0.1:0 --data-dir "$(mktemp -d -p "$work")" "$@" 2>"$work/server.log" &
+    # Each server runs in a scratch folder and keeps its store in a fresh one.
+    (cd "$work/run" && exec "$bin" --bind 127.0.0.1:0 --data-dir "$(mktemp -d -p "$work")" "$@") \
+        2>"$work/server.log" &
     server=$!
     for _ in $(seq 100); do
         base=$(grep -o 'listening on http://[0-9.:]*' "$work/server.log" | sed 's/listening on //')
@@ -126,7 +128,8 @@ signed_with_openssl_alone() {
     local ts nonce sig path='/pay-callback?payRecordId=201'
     ts=$(date +%s)
     nonce=$(openssl rand -hex 16)
-    sig=$(printf '%s\n%s\n%s\n%s\n%s\n' "$ts" "$nonce" GET "$path" "" |
+    # timestamp, nonce, method, path and query, media type (none), body (none)
+    sig=$(printf '%s\n%s\n%s\n%s\n%s\n%s\n' "$ts" "$nonce" GET "$path" "" "" |
         openssl dgst -sha256 -hmac "$secret" -r | cut -d' ' -f1)
     [ "$(status_of "$base$path" -H "Paypush-Timestamp: $ts" -H "Paypush-Nonce: $nonce" \
         -H "Paypush-Signature: $sig")" = 200 ]
@@ -135,8 +138,30 @@ signed_with_openssl_alone() {
 signed_post_with_paypush_sign() {
     local body='{"payRecordId":"202","status":"CLOSED"}' headers=()
     while IFS= read -r line; do headers+=(-H "$line"); done \
+        < <(PAYPUSH_CALLBACK_SECRET=$secret "$bin" sign --method POST --path /pay-callback \
+            --content-type application/json --body "$body")
+    # The same signed bytes as a form are refused: the media type is signed.
+    [ "$(status_of "$base/pay-callback" "${headers[@]}" -d "$body")" = 401 ] &&
+        [ "$(status_of "$base/pay-callback" -H 'Content-Type: application/json' "${headers[@]}" -d "$body")" = 200 ]
+}
+
+signed_form_post_with_paypush_sign() {
+    local body='payRecordId=203&status=FAILED' headers=()
+    while IFS= read -r line; do headers+=(-H "$line"); done \
         < <(PAYPUSH_CALLBACK_SECRET=$secret "$bin" sign --method POST --path /pay-callback --body "$body")
-    [ "$(status_of "$base/pay-callback" -H 'Content-Type: application/json' "${headers[@]}" -d "$body")" = 200 ]
+    [ "$(status_of "$base/pay-callback" "${headers[@]}" -d "$body")" = 200 ] &&
+        grep -q '"status":"FAILED"' "$work/body"
+}
+
+signed_form_post_with_openssl_alone() {
+    local ts nonce sig body='payRecordId=204&status=CLOSED'
+    ts=$(date +%s)
+    nonce=$(openssl rand -hex 16)
+    sig=$(printf '%s\n%s\n%s\n%s\n%s\n%s\n' "$ts" "$nonce" POST /pay-callback \
+        application/x-www-form-urlencoded "$body" |
+        openssl dgst -sha256 -hmac "$secret" -r | cut -d' ' -f1)
+    [ "$(status_of "$base/pay-callback" -H "Paypush-Timestamp: $ts" -H "Paypush-Nonce: $nonce" \
+        -H "Paypush-Signature: $sig" -d "$body")" = 200 ]
 }
 
 subscribe_with_a_token() {
@@ -188,7 +213,9 @@ sub_secret=curl-test-subscribe-secret
 PAYPUSH_CALLBACK_SECRET=$secret PAYPUSH_SUBSCRIBE_SECRET=$sub_secret start_server
 check "signed mode: unsigned refused, paypush sign accepted, replay refused" signed_with_paypush_sign
 check "signed mode: a signature computed with openssl alone is accepted" signed_with_openssl_alone
-check "signed mode: a signed JSON POST is accepted" signed_post_with_paypush_sign
+check "signed mode: a signed JSON POST is accepted, and refused when sent as a form" signed_post_with_paypush_sign
+check "signed mode: a form POST signed by paypush sign's default is accepted" signed_form_post_with_paypush_sign
+check "signed mode: a form POST signed with openssl alone is accepted" signed_form_post_with_openssl_alone
 check "subscribe tokens: none is 403, paypush token opens the stream" subscribe_with_a_token
 stop_server
 
