@@ -92,12 +92,14 @@ const DEFAULT_BODY: &str = r#"{"payRecordId":"{id}","status":"SUCCESS"}"#;
 #[derive(Parser, Debug)]
 #[command(about = "Opens SSE streams, fires callbacks, measures latency and memory")]
 struct Args {
-    /// Stream URL template; `{id}` becomes the payment id.
-    #[arg(long)]
-    subscribe: String,
+    /// Stream URL template; `{id}` becomes the payment id. Repeat it for
+    /// several instances: stream `i` goes to the `i % n`-th.
+    #[arg(long, required = true)]
+    subscribe: Vec<String>,
     /// Callback: `METHOD URL-template`, e.g. `GET http://127.0.0.1:8080/pay-callback?payRecordId={id}`.
-    #[arg(long)]
-    publish: String,
+    /// Repeat it for several instances: publisher connection `c` uses the `c % n`-th.
+    #[arg(long, required = true)]
+    publish: Vec<String>,
     /// Body template for a `POST` callback (sent as `application/json`).
     #[arg(long, default_value = DEFAULT_BODY)]
     body: String,
@@ -1038,7 +1040,8 @@ impl Publish {
 
 /// The callback plan every publisher connection draws from.
 struct Plan {
-    publish: Publish,
+    /// One per instance; publisher connection `n` uses the `n % len`-th.
+    publish: Vec<Publish>,
     count: usize,
     next: AtomicUsize,
     /// Seconds between consecutive callbacks; 0: flat out.
@@ -1052,6 +1055,7 @@ struct Plan {
 async fn run_publisher(shared: Arc<Shared>, plan: Arc<Plan>, n: usize, sources: u8) {
     let mut io: Option<TcpStream> = None;
     let mut buf = Vec::new();
+    let publish = &plan.publish[n % plan.publish.len()];
     loop {
         let i = plan.next.fetch_add(1, Ordering::Relaxed);
         if i >= plan.count {
@@ -1064,10 +1068,10 @@ async fn run_publisher(shared: Arc<Shared>, plan: Arc<Plan>, n: usize, sources: 
             break;
         }
         let id = shared.id_base + i as u64;
-        let request = plan.publish.request(id);
+        let request = publish.request(id);
         let outcome = timeout(IO_TIMEOUT, async {
             if io.is_none() {
-                io = Some(connect(plan.publish.target.addr, source(n, sources)).await?);
+                io = Some(connect(publish.target.addr, source(n, sources)).await?);
             }
             let conn = io
                 .as_mut()
@@ -1330,8 +1334,16 @@ async fn run(args: Args) -> Result<(), String> {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         eprintln!("loadgen: cannot raise the open-file limit: {e}");
     }
-    let subscribe = Arc::new(Target::parse(&args.subscribe)?);
-    let publish = Publish::parse(&args.publish, &args.body)?;
+    let subscribe = args
+        .subscribe
+        .iter()
+        .map(|url| Target::parse(url).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let publish = args
+        .publish
+        .iter()
+        .map(|spec| Publish::parse(spec, &args.body))
+        .collect::<Result<Vec<_>, _>>()?;
     let callbacks = args.callbacks.unwrap_or(args.streams);
     let id_base = args.id_base.unwrap_or_else(|| {
         // Microseconds since 2020: distinct for every run, far below i64::MAX.
@@ -1347,8 +1359,8 @@ async fn run(args: Args) -> Result<(), String> {
         (Ready::Auto, transport) => {
             let probe_id = id_base + (args.streams.max(callbacks) + 1) as u64;
             match transport {
-                Transport::Ws => probe_ws_ready_mode(&subscribe, probe_id).await?,
-                _ => probe_ready_mode(&subscribe, probe_id).await?,
+                Transport::Ws => probe_ws_ready_mode(&subscribe[0], probe_id).await?,
+                _ => probe_ready_mode(&subscribe[0], probe_id).await?,
             }
         }
         (other, _) => other,
@@ -1376,10 +1388,14 @@ async fn run(args: Args) -> Result<(), String> {
     let permits = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let mut h2c = Vec::with_capacity(args.h2c_connections);
     for n in 0..args.h2c_connections {
-        h2c.push(h2c_connect(&subscribe, source(n, args.sources)).await?);
+        // Connection `n` goes to the `n % m`-th instance.
+        let target = &subscribe[n % subscribe.len()];
+        h2c.push(h2c_connect(target, source(n, args.sources)).await?);
     }
     for index in 0..args.streams {
-        let (shared, subscribe, permits) = (shared.clone(), subscribe.clone(), permits.clone());
+        // Stream `i` goes to the `i % n`-th instance.
+        let subscribe = subscribe[index % subscribe.len()].clone();
+        let (shared, permits) = (shared.clone(), permits.clone());
         match args.transport {
             Transport::Sse if !h2c.is_empty() => tokio::spawn(run_h2c_stream(
                 shared,

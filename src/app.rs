@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::backplane::Backplane;
+use crate::backplane::{Backplane, PubSubMetrics};
 use crate::config::Config;
 use crate::hub::{Hub, Limits};
 use crate::metrics::Metrics;
@@ -65,7 +65,7 @@ impl App {
         let metrics = Metrics::new()
             .map_err(|e| StartError::failure(format!("cannot set up metrics: {e}")))?;
         let hub =
-            if config.redis_url.is_some() || config.in_memory {
+            if config.redis_url.is_some() || config.redis_cluster.is_some() || config.in_memory {
                 Hub::new(limits)
             } else {
                 let store_config = StoreConfig {
@@ -81,8 +81,17 @@ impl App {
                     })?;
                 Hub::with_store(limits, store, replay.records)
             };
-        let backplane = Backplane::new(config.redis_url.as_ref(), config.outcome_ttl)
-            .map_err(|e| StartError::failure(format!("cannot use Redis: {}", e.0)))?;
+        let pubsub = PubSubMetrics {
+            channels: metrics.channels_subscribed(),
+            messages: metrics.pubsub_messages(),
+        };
+        let backplane = Backplane::new(
+            config.redis_url.as_ref(),
+            config.redis_cluster.as_ref(),
+            config.outcome_ttl,
+            pubsub,
+        )
+        .map_err(|e| StartError::failure(format!("cannot use Redis: {}", e.0)))?;
         backplane.start(&hub);
         Ok(App {
             hub,

@@ -20,6 +20,12 @@
 //!   was away is missed;
 //! - nonces of signed callbacks live in Redis (`SET NX PX`), so a replay to
 //!   another instance is caught.
+//!
+//! On a Redis Cluster ([`cluster`]), each payment has its own channel
+//! (sharded pub/sub), subscribed only while it has a local waiter, so an
+//! outcome reaches only the instances that wait for it.
+
+pub mod cluster;
 
 use std::fmt;
 use std::str::FromStr;
@@ -34,6 +40,8 @@ use tokio::sync::OnceCell;
 
 use crate::hub::{Completion, Hub, NonceCheck, Refusal, Stored};
 use crate::model::{Outcome, PayRecordId, Status};
+
+pub use cluster::{Cluster, PubSubMetrics, RedisNodes};
 
 /// The channel every instance publishes outcomes on and listens to.
 pub const CHANNEL: &str = "paypush:outcomes";
@@ -109,6 +117,8 @@ pub enum Backplane {
     Memory,
     /// Many instances; Redis decides.
     Redis(Arc<Redis>),
+    /// Many instances; a Redis Cluster decides.
+    Cluster(Arc<Cluster>),
 }
 
 /// The Redis side of the backplane.
@@ -120,6 +130,8 @@ pub struct Redis {
     outcome_ttl: Duration,
     /// Whether the subscriber connection is up: readiness needs it.
     subscribed: AtomicBool,
+    /// Bumped for each outcome received over pub/sub.
+    messages: prometheus::IntCounter,
 }
 
 impl fmt::Debug for Redis {
@@ -131,8 +143,18 @@ impl fmt::Debug for Redis {
 }
 
 impl Backplane {
-    /// The in-memory backplane, or the Redis one for `url`.
-    pub fn new(url: Option<&RedisUrl>, outcome_ttl: Duration) -> Result<Backplane, Unavailable> {
+    /// The in-memory backplane, the Redis one for `url`, or the Redis
+    /// Cluster one for `nodes`.
+    pub fn new(
+        url: Option<&RedisUrl>,
+        nodes: Option<&RedisNodes>,
+        outcome_ttl: Duration,
+        metrics: PubSubMetrics,
+    ) -> Result<Backplane, Unavailable> {
+        if let Some(nodes) = nodes {
+            let cluster = Cluster::new(nodes, outcome_ttl, metrics)?;
+            return Ok(Backplane::Cluster(Arc::new(cluster)));
+        }
         let Some(url) = url else {
             return Ok(Backplane::Memory);
         };
@@ -142,6 +164,7 @@ impl Backplane {
             record: redis::Script::new(RECORD_SCRIPT),
             outcome_ttl,
             subscribed: AtomicBool::new(false),
+            messages: metrics.messages,
         })))
     }
 
@@ -152,32 +175,45 @@ impl Backplane {
             Backplane::Redis(redis) => {
                 format!("Redis mode at {}", redis.client.get_connection_info().addr)
             }
+            Backplane::Cluster(cluster) => cluster.describe(),
         }
     }
 
     /// Starts the subscriber task (Redis mode); it runs until `hub` shuts down.
     pub fn start(&self, hub: &Hub) {
-        if let Backplane::Redis(redis) = self {
-            tokio::spawn(subscribe_forever(redis.clone(), hub.clone()));
+        match self {
+            Backplane::Memory => {}
+            Backplane::Redis(redis) => {
+                tokio::spawn(subscribe_forever(redis.clone(), hub.clone()));
+            }
+            Backplane::Cluster(cluster) => cluster.start(hub),
         }
     }
 
     /// Records `outcome` unless the payment has one (first wins) and delivers
     /// it to this instance's streams; in Redis mode, to every instance's.
     pub async fn record(&self, hub: &Hub, outcome: Outcome) -> Result<Completion, RecordError> {
-        let Backplane::Redis(redis) = self else {
-            return hub.complete(outcome).await.map_err(RecordError::Refused);
+        let (recorded, notified) = match self {
+            Backplane::Memory => return hub.complete(outcome).await.map_err(RecordError::Refused),
+            Backplane::Redis(redis) => {
+                let recorded = redis.record(&outcome).await.map_err(RecordError::Redis)?;
+                // Redis keeps it; this hub only hands it to its own streams
+                // (a duplicate's too, in case they missed it).
+                let notified = hub.deliver(recorded.clone().unwrap_or_else(|| outcome.clone()));
+                (recorded, notified)
+            }
+            // It has handed it to this hub already, before waiting for a replica.
+            Backplane::Cluster(cluster) => cluster
+                .record(hub, &outcome)
+                .await
+                .map_err(RecordError::Redis)?,
         };
-        let recorded = redis.record(&outcome).await.map_err(RecordError::Redis)?;
         Ok(match recorded {
-            // Redis keeps it; this hub only hands it to its own streams.
             None => Completion::Recorded {
-                notified: hub.deliver(outcome.clone()),
+                notified,
                 outcome: Arc::new(outcome),
             },
             Some(recorded) => {
-                // Make sure this instance's streams have it too.
-                hub.deliver(recorded.clone());
                 let recorded = Arc::new(recorded);
                 if recorded.status == outcome.status {
                     Completion::Duplicate(recorded)
@@ -190,12 +226,16 @@ impl Backplane {
 
     /// Hands the outcome recorded elsewhere for `id` (Redis mode) to the hub,
     /// so its streams get it; true when there was one. Always false in
-    /// memory mode, where the hub is the record.
+    /// memory mode, where the hub is the record. Call it once a waiter is
+    /// registered: on a Redis Cluster it first subscribes (confirmed) to
+    /// the payment's channel, so nothing published after the read is missed.
     pub async fn catch_up(&self, hub: &Hub, id: PayRecordId) -> Result<bool, Unavailable> {
-        let Backplane::Redis(redis) = self else {
-            return Ok(false);
+        let recorded = match self {
+            Backplane::Memory => return Ok(false),
+            Backplane::Redis(redis) => redis.recorded(id).await?,
+            Backplane::Cluster(cluster) => cluster.recorded(id).await?,
         };
-        Ok(match redis.recorded(id).await? {
+        Ok(match recorded {
             Some(outcome) => {
                 hub.deliver(outcome);
                 true
@@ -214,10 +254,13 @@ impl Backplane {
         if let Some(outcome) = hub.recorded(id) {
             return Ok(Some(outcome));
         }
-        let Backplane::Redis(redis) = self else {
-            return Ok(None);
+        let recorded = match self {
+            Backplane::Memory => return Ok(None),
+            Backplane::Redis(redis) => redis.recorded(id).await?,
+            // A read without subscribing: nothing waits for what comes next.
+            Backplane::Cluster(cluster) => cluster.lookup(id).await?,
         };
-        Ok(redis.recorded(id).await?.map(Arc::new))
+        Ok(recorded.map(Arc::new))
     }
 
     /// Remembers a signed callback's nonce, cluster-wide in Redis mode.
@@ -227,10 +270,19 @@ impl Backplane {
         hub: &Hub,
         nonce: &str,
     ) -> Result<(NonceCheck, Stored), Unavailable> {
-        let Backplane::Redis(redis) = self else {
-            return Ok(hub.remember_nonce(nonce));
-        };
         let memory = hub.limits().nonce_memory;
+        let redis = match self {
+            Backplane::Memory => return Ok(hub.remember_nonce(nonce)),
+            Backplane::Redis(redis) => redis,
+            Backplane::Cluster(cluster) => {
+                let check = if cluster.remember_nonce(nonce, memory).await? {
+                    NonceCheck::Fresh
+                } else {
+                    NonceCheck::Replayed
+                };
+                return Ok((check, Stored::now()));
+            }
+        };
         let mut commands = redis.commands().await?;
         let options = redis::SetOptions::default()
             .conditional_set(redis::ExistenceCheck::NX)
@@ -248,8 +300,10 @@ impl Backplane {
     /// Whether callbacks can be accepted: always in memory mode; in Redis
     /// mode when Redis answers and the subscriber connection is up.
     pub async fn ready(&self) -> bool {
-        let Backplane::Redis(redis) = self else {
-            return true;
+        let redis = match self {
+            Backplane::Memory => return true,
+            Backplane::Redis(redis) => redis,
+            Backplane::Cluster(cluster) => return cluster.ready().await,
         };
         if !redis.subscribed.load(Ordering::Relaxed) {
             return false;
@@ -394,6 +448,7 @@ async fn listen(redis: &Redis, hub: &Hub) -> Result<(), Unavailable> {
         tokio::select! {
             message = messages.next() => {
                 let Some(message) = message else { return Ok(()) };
+                redis.messages.inc();
                 if let Ok(payload) = message.get_payload::<String>() {
                     deliver(hub, &payload);
                 }
@@ -412,7 +467,7 @@ fn deliver(hub: &Hub, payload: &str) {
         Some(outcome) => {
             hub.deliver(outcome);
         }
-        None => log::warn!("ignored an unreadable message on {CHANNEL}"),
+        None => log::warn!("ignored an unreadable pub/sub message"),
     }
 }
 

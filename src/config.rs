@@ -11,7 +11,7 @@ use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 
-use crate::backplane::RedisUrl;
+use crate::backplane::{RedisNodes, RedisUrl};
 use crate::model::PayRecordId;
 use crate::signature::Secret;
 use crate::store::Durability;
@@ -110,6 +110,16 @@ pub struct Config {
         value_parser = RedisUrlParser
     )]
     pub redis_url: Option<RedisUrl>,
+
+    /// Run as one of many instances sharing this Redis Cluster: redis:// URLs of some of its nodes, comma-separated (the rest are discovered).
+    #[arg(
+        long,
+        env = "PAYPUSH_REDIS_CLUSTER",
+        value_name = "NODES",
+        hide_env_values = true,
+        conflicts_with = "redis_url"
+    )]
+    pub redis_cluster: Option<RedisNodes>,
 
     /// Keep outcomes and nonces in this folder, so they survive restarts (created if missing, mode 0700; unused in Redis mode).
     #[arg(long, env = "PAYPUSH_DATA_DIR", default_value = DEFAULT_DATA_DIR, value_name = "DIR")]
@@ -383,6 +393,14 @@ mod tests {
             &["paypush", "--keep-alive", "0s"],
             &["paypush", "--max-streams", "0"],
             &["paypush", "--bind", "localhost"],
+            &["paypush", "--redis-cluster", "not a url"],
+            &[
+                "paypush",
+                "--redis-url",
+                "redis://127.0.0.1:6379",
+                "--redis-cluster",
+                "redis://127.0.0.1:7000",
+            ],
             &["paypush", "--public-url", "pay.example.com"],
             &["paypush", "--public-url", "https://pay.example.com/?a=1"],
         ] {

@@ -21,10 +21,10 @@
 //! held for map operations only, released before any sender fires.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
 use crate::model::{Outcome, PayRecordId};
@@ -62,6 +62,9 @@ struct Shared {
     limits: Limits,
     /// Makes outcomes and nonces durable; none in memory and Redis modes.
     store: Option<Store>,
+    /// Told each payment that stops having waiters here (its last one left
+    /// or got its outcome), so a backplane can stop listening for it.
+    idle: OnceLock<mpsc::UnboundedSender<PayRecordId>>,
 }
 
 #[derive(Debug, Default)]
@@ -297,10 +300,34 @@ impl Hub {
                 closed: watch::Sender::new(false),
                 limits,
                 store,
+                idle: OnceLock::new(),
             }),
         };
         tokio::spawn(purge_expired_outcomes(hub.clone()));
         hub
+    }
+
+    /// From now on, sends `sender` every payment that stops having waiters
+    /// here (its last waiter left or got its outcome). Set once; later calls
+    /// are ignored.
+    pub fn notify_idle(&self, sender: mpsc::UnboundedSender<PayRecordId>) {
+        let _ = self.shared.idle.set(sender);
+    }
+
+    /// Whether `id` has waiters here now.
+    pub fn is_waiting(&self, id: PayRecordId) -> bool {
+        let state = self.lock();
+        matches!(
+            state.payments.get(&id),
+            Some(Entry::Waiting(_) | Entry::Storing { .. })
+        )
+    }
+
+    fn went_idle(&self, id: PayRecordId) {
+        if let Some(idle) = self.shared.idle.get() {
+            // The receiver is gone only once the backplane stopped: nothing to tell.
+            let _ = idle.send(id);
+        }
     }
 
     /// The hub's bounds.
@@ -424,6 +451,7 @@ impl Hub {
         let wake = self.set_done(&mut state, id, outcome.clone());
         drop(state);
         self.wake_purge_task_if(wake);
+        self.went_idle(id);
         notify(waiters, &outcome)
     }
 
@@ -714,6 +742,8 @@ impl Hub {
             waiters.retain(|w| w.id != waiter);
             if waiters.is_empty() && matches!(entry, Entry::Waiting(_)) {
                 state.payments.remove(&id);
+                drop(state);
+                self.went_idle(id);
             }
         }
     }

@@ -9,7 +9,8 @@
 //! # Layout
 //!
 //! - [`backplane`]: in-memory vs Redis: where outcomes are decided and how
-//!   they reach other instances.
+//!   they reach other instances; [`backplane::cluster`] on a Redis Cluster,
+//!   a sharded channel per waiting payment.
 //! - [`config`]: flags and environment variables (clap).
 //! - [`model`]: `PayRecordId`, `Status`, `Outcome`, `Callback`: parsed once at the edge.
 //! - [`hub`]: the registry of waiters of every transport (oneshot senders) and remembered

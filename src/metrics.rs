@@ -74,6 +74,8 @@ pub struct Metrics {
     outcomes_refused: IntCounter,
     store_sync_seconds: Histogram,
     store_bytes: IntGauge,
+    channels_subscribed: IntGauge,
+    pubsub_messages: IntCounter,
 }
 
 impl Metrics {
@@ -151,6 +153,14 @@ impl Metrics {
                 "store_bytes",
                 "Bytes of the store's live segment files (0 without a store).",
             )?,
+            channels_subscribed: IntGauge::new(
+                "redis_channels_subscribed",
+                "Per-payment Redis channels this instance is subscribed to now (Redis Cluster mode).",
+            )?,
+            pubsub_messages: IntCounter::new(
+                "redis_pubsub_messages_total",
+                "Outcomes received over Redis pub/sub.",
+            )?,
         };
         let r = &metrics.registry;
         r.register(Box::new(callbacks))?;
@@ -164,6 +174,8 @@ impl Metrics {
         r.register(Box::new(metrics.outcomes_refused.clone()))?;
         r.register(Box::new(metrics.store_sync_seconds.clone()))?;
         r.register(Box::new(metrics.store_bytes.clone()))?;
+        r.register(Box::new(metrics.channels_subscribed.clone()))?;
+        r.register(Box::new(metrics.pubsub_messages.clone()))?;
         Ok(metrics)
     }
 
@@ -188,6 +200,16 @@ impl Metrics {
     /// The histogram the store observes each fdatasync in.
     pub fn store_sync_seconds(&self) -> Histogram {
         self.store_sync_seconds.clone()
+    }
+
+    /// The gauge the backplane keeps at its number of subscribed channels.
+    pub fn channels_subscribed(&self) -> IntGauge {
+        self.channels_subscribed.clone()
+    }
+
+    /// The counter the backplane bumps for each pub/sub message received.
+    pub fn pubsub_messages(&self) -> IntCounter {
+        self.pubsub_messages.clone()
     }
 
     /// Counts a waiter of this transport that timed out.

@@ -9,6 +9,10 @@
 #[allow(dead_code)]
 mod helpers;
 
+/// The same on a real Redis Cluster (3 primaries, 3 replicas).
+#[path = "redis/cluster.rs"]
+mod cluster;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -52,9 +52,15 @@ pub async fn spawn_app(flags: &[&str]) -> TestApp {
 
 /// Starts paypush on `addr` (e.g. the port of a server just shut down).
 pub async fn spawn_app_on(addr: &str, flags: &[&str]) -> TestApp {
-    let chooses_store = flags
-        .iter()
-        .any(|f| ["--data-dir", "--in-memory", "--redis-url"].contains(f));
+    let chooses_store = flags.iter().any(|f| {
+        [
+            "--data-dir",
+            "--in-memory",
+            "--redis-url",
+            "--redis-cluster",
+        ]
+        .contains(f)
+    });
     let data_dir = (!chooses_store).then(temp_dir);
     let data_flags = data_dir
         .iter()
