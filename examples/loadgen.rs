@@ -543,15 +543,8 @@ async fn run_stream(
         return;
     }
     let mut ready = false;
-    let mark_ready = |ready: &mut bool| {
-        if !*ready {
-            *ready = true;
-            slot.state.store(state::READY, Ordering::Relaxed);
-            shared.ready.fetch_add(1, Ordering::Relaxed);
-        }
-    };
     if ready_on == Ready::Headers {
-        mark_ready(&mut ready);
+        mark_ready(&shared, slot, &mut ready);
     }
     drop(permit);
     let mut body = Body::new(head.framing);
@@ -561,18 +554,8 @@ async fn run_stream(
     let mut ended_by = None;
     loop {
         let ended = body.decode(&input, &mut decoded);
-        sse.feed(&decoded, |event| match event {
-            SseEvent::Pending => mark_ready(&mut ready),
-            SseEvent::Outcome => {
-                if slot.outcomes.fetch_add(1, Ordering::Relaxed) == 0 {
-                    slot.received_at.store(shared.now(), Ordering::Relaxed);
-                    slot.state.store(state::DONE, Ordering::Relaxed);
-                }
-            }
-            SseEvent::Timeout => {
-                slot.timeouts.fetch_add(1, Ordering::Relaxed);
-            }
-            SseEvent::Other => {}
+        sse.feed(&decoded, |event| {
+            on_sse_event(&shared, slot, &mut ready, event)
         });
         decoded.clear();
         if ended || slot.outcomes.load(Ordering::Relaxed) > 0 {
@@ -678,13 +661,8 @@ async fn run_h2c_stream(
             Some(Ok(chunk)) => chunk,
         };
         let _ = body.flow_control().release_capacity(chunk.len());
-        sse.feed(&chunk, |event| match event {
-            SseEvent::Pending => mark_ready(&shared, slot, &mut ready),
-            SseEvent::Outcome => record_outcome(&shared, slot),
-            SseEvent::Timeout => {
-                slot.timeouts.fetch_add(1, Ordering::Relaxed);
-            }
-            SseEvent::Other => {}
+        sse.feed(&chunk, |event| {
+            on_sse_event(&shared, slot, &mut ready, event)
         });
     }
     if !ready {
@@ -693,6 +671,18 @@ async fn run_h2c_stream(
     }
     if slot.outcomes.load(Ordering::Relaxed) == 0 {
         slot.state.store(state::ENDED_EARLY, Ordering::Relaxed);
+    }
+}
+
+/// What an event read on a stream does to its slot.
+fn on_sse_event(shared: &Shared, slot: &StreamSlot, ready: &mut bool, event: SseEvent) {
+    match event {
+        SseEvent::Pending => mark_ready(shared, slot, ready),
+        SseEvent::Outcome => record_outcome(shared, slot),
+        SseEvent::Timeout => {
+            slot.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        SseEvent::Other => {}
     }
 }
 

@@ -465,15 +465,9 @@ async fn callback_during_a_subscriber_drop_is_still_delivered() {
     assert_eq!(outcome.json()["status"], "FAILED");
 }
 
-#[tokio::test]
-async fn replayed_nonce_is_caught_on_another_instance() {
-    let secret = ["--callback-secret", "shared-secret"];
-    let Some((_redis, [a, b])) =
-        cluster("replayed_nonce_is_caught_on_another_instance", &secret).await
-    else {
-        return;
-    };
-    let path = "/pay-callback?payRecordId=7";
+/// A callback signed by `paypush sign` (secret `shared-secret`) is taken
+/// by `a`, and the very same request replayed to `b` is `401`.
+async fn assert_replay_refused_across(a: &TestApp, b: &TestApp, path: &str) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
         .args(["sign", "--secret", "shared-secret", "--path", path])
         .output()
@@ -493,11 +487,51 @@ async fn replayed_nonce_is_caught_on_another_instance() {
         }
         request.send()
     };
-    assert_eq!(send(&a).await.unwrap().status(), 200);
-    let replay = send(&b).await.unwrap();
+    assert_eq!(send(a).await.unwrap().status(), 200);
+    let replay = send(b).await.unwrap();
     assert_eq!(replay.status(), 401);
     let body: Value = replay.json().await.unwrap();
     assert!(body["message"].as_str().unwrap().contains("already used"));
+}
+
+#[tokio::test]
+async fn replayed_nonce_is_caught_on_another_instance() {
+    let secret = ["--callback-secret", "shared-secret"];
+    let Some((_redis, [a, b])) =
+        cluster("replayed_nonce_is_caught_on_another_instance", &secret).await
+    else {
+        return;
+    };
+    let path = "/pay-callback?payRecordId=7";
+    assert_replay_refused_across(&a, &b, path).await;
+}
+
+/// The shipped proxy example `deploy/<file>` with its ports swapped: the
+/// two upstreams for these instances, the listener for `port`.
+fn deploy_config(file: &str, upstreams: [&TestApp; 2], port: u16) -> String {
+    let path = format!("{}/deploy/{file}", env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(path).unwrap();
+    let config = example
+        .replace("127.0.0.1:8080", &upstreams[0].addr.to_string())
+        .replace("127.0.0.1:8081", &upstreams[1].addr.to_string())
+        .replace("127.0.0.1:8000", &format!("127.0.0.1:{port}"));
+    assert_ne!(config, example, "the example names its ports");
+    config
+}
+
+/// Waits until a proxy started on `port` answers `/healthz`.
+async fn wait_for_proxy(name: &str, port: u16) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// nginx with the shipped example configuration, ports swapped for free ones.
@@ -514,14 +548,7 @@ impl Nginx {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("paypush-nginx-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let example =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf"))
-                .unwrap();
-        let config = example
-            .replace("127.0.0.1:8080", &upstreams[0].addr.to_string())
-            .replace("127.0.0.1:8081", &upstreams[1].addr.to_string())
-            .replace("127.0.0.1:8000", &format!("127.0.0.1:{port}"));
-        assert_ne!(config, example, "the example names its ports");
+        let config = deploy_config("nginx.conf", upstreams, port);
         std::fs::write(dir.join("nginx.conf"), config).unwrap();
         let child = std::process::Command::new("nginx")
             .arg("-p")
@@ -536,14 +563,7 @@ impl Nginx {
             port,
             _dir: dir,
         };
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while reqwest::get(nginx.url("/healthz")).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nginx did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_proxy("nginx", port).await;
         nginx
     }
 
@@ -763,16 +783,8 @@ impl HaProxy {
     async fn start(upstreams: [&TestApp; 2]) -> HaProxy {
         let port = free_port();
         let dir = helpers::temp_dir();
-        let example =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy.cfg"))
-                .unwrap();
-        let config = example
-            .replace("127.0.0.1:8080", &upstreams[0].addr.to_string())
-            .replace("127.0.0.1:8081", &upstreams[1].addr.to_string())
-            .replace("127.0.0.1:8000", &format!("127.0.0.1:{port}"));
-        assert_ne!(config, example, "the example names its ports");
         let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, deploy_config("haproxy.cfg", upstreams, port)).unwrap();
         let child = Command::new("haproxy")
             .arg("-db")
             .arg("-f")
@@ -782,20 +794,12 @@ impl HaProxy {
             .kill_on_drop(true)
             .spawn()
             .expect("start haproxy");
-        let haproxy = HaProxy {
+        wait_for_proxy("haproxy", port).await;
+        HaProxy {
             _child: child,
             port,
             _dir: dir,
-        };
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while reqwest::get(haproxy.url("/healthz")).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "haproxy did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        haproxy
     }
 
     fn url(&self, path: &str) -> String {

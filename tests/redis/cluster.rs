@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 
 use super::helpers::{spawn_app, EventStream, TestApp, PATIENCE};
-use super::{have, wait_until_ready};
+use super::{assert_replay_refused_across, have, wait_until_ready};
 
 /// A cluster node's bus port is its port + 10 000, at most 65 535.
 const MAX_NODE_PORT: u16 = 55_535;
@@ -464,30 +464,7 @@ async fn cluster_replayed_nonce_is_refused_on_another_instance() {
         return;
     };
     let path = "/pay-callback?payRecordId=77";
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
-        .args(["sign", "--secret", "shared-secret", "--path", path])
-        .output()
-        .unwrap();
-    let headers: Vec<(String, String)> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            l.split_once(": ")
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-        })
-        .collect();
-    let send = |app: &TestApp| {
-        let mut request = app.client.get(app.url(path));
-        for (name, value) in &headers {
-            request = request.header(name, value);
-        }
-        request.send()
-    };
-    assert_eq!(send(&a).await.unwrap().status(), 200);
-    let replay = send(&b).await.unwrap();
-    assert_eq!(replay.status(), 401);
-    let body: Value = replay.json().await.unwrap();
-    assert!(body["message"].as_str().unwrap().contains("already used"));
+    assert_replay_refused_across(&a, &b, path).await;
 }
 
 #[tokio::test]
