@@ -355,14 +355,19 @@ impl Binary {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Sends `signal` (`TERM`, `KILL`, ...) and waits for the process to exit.
-    pub async fn stop(&mut self, signal: &str) -> std::process::ExitStatus {
+    /// Sends `signal` (`TERM`, `KILL`, ...).
+    pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("running").to_string();
         let sent = std::process::Command::new("kill")
             .args([&format!("-{signal}"), &pid])
             .status()
             .expect("kill");
         assert!(sent.success());
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    pub async fn stop(&mut self, signal: &str) -> std::process::ExitStatus {
+        self.signal(signal);
         tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
             .expect("exits in time")
@@ -468,4 +473,18 @@ pub async fn next_close(client: &mut WsClient) -> (u16, String) {
         Some(Message::Close(Some(frame))) => (frame.code.into(), frame.reason.to_string()),
         other => panic!("expected a close frame, got {other:?}"),
     }
+}
+
+/// Runs `command` (a server start that must be refused) and returns what it
+/// wrote to stderr, after checking that it exited with code 2 within
+/// [`PATIENCE`] and said so in one line.
+pub async fn refused_at_start(mut command: Command) -> String {
+    let output = tokio::time::timeout(PATIENCE, command.output())
+        .await
+        .expect("exits in time")
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    stderr
 }

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{next_close, next_json, spawn_app, spawn_binary, EventStream, PATIENCE};
+use crate::helpers::{
+    next_close, next_json, refused_at_start, spawn_app, spawn_binary, EventStream, PATIENCE,
+};
 
 #[tokio::test]
 async fn healthz_and_readyz_answer_json() {
@@ -97,12 +99,7 @@ async fn sigterm_ends_open_streams_and_the_process_exits_0() {
         Some("pending")
     );
 
-    let pid = binary.child.id().expect("pid").to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    binary.signal("TERM");
 
     assert!(stream.ends().await, "the stream ends on shutdown");
     let status = tokio::time::timeout(PATIENCE, binary.child.wait())
@@ -123,12 +120,7 @@ async fn sigterm_closes_websockets_with_1001_and_answers_long_polls_pending() {
     // Let the long-poll register before the signal.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let pid = binary.child.id().expect("pid").to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    binary.signal("TERM");
 
     assert_eq!(next_close(&mut socket).await.0, 1001);
     let answer = tokio::time::timeout(PATIENCE, poll).await.unwrap().unwrap();
@@ -147,17 +139,10 @@ async fn bad_configuration_stops_start_up_with_one_line_and_exit_2() {
         &["--max-streams", "0"],
         &["--bind", "nowhere"],
     ] {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
-            .args(flags)
-            .output();
-        let output = tokio::time::timeout(Duration::from_secs(10), output)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(output.status.code(), Some(2), "{flags:?}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-        assert!(stderr.starts_with("error:"), "{stderr}");
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_paypush"));
+        command.args(flags);
+        let stderr = refused_at_start(command).await;
+        assert!(stderr.starts_with("error:"), "{flags:?}: {stderr}");
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::helpers::{
-    paypush_command, spawn_app, start_binary, temp_dir, Binary, EventStream, PATIENCE,
+    paypush_command, refused_at_start, spawn_app, start_binary, temp_dir, Binary, EventStream,
 };
 
 /// Connections sending callbacks at once in the flood tests.
@@ -361,16 +361,9 @@ async fn a_store_that_cannot_write_answers_503_stays_up_and_loses_no_200() {
 async fn a_second_paypush_on_the_same_folder_exits_2_naming_it() {
     let dir = temp_dir();
     let _first = start_in(dir.path(), &[]).await;
-    let output = paypush_command(dir.path())
-        .args(["--bind", "127.0.0.1:0"])
-        .output();
-    let output = tokio::time::timeout(PATIENCE, output)
-        .await
-        .expect("exits in time")
-        .expect("runs");
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    let mut second = paypush_command(dir.path());
+    second.args(["--bind", "127.0.0.1:0"]);
+    let stderr = refused_at_start(second).await;
     assert!(stderr.contains("paypush-data"), "{stderr}");
 }
 

@@ -14,7 +14,7 @@ use futures_util::future::join_all;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-use super::helpers::{spawn_app, EventStream, TestApp, PATIENCE};
+use super::helpers::{refused_at_start, spawn_app, EventStream, TestApp, PATIENCE};
 use super::{assert_replay_refused_across, have, wait_until_ready};
 
 /// A cluster node's bus port is its port + 10 000, at most 65 535.
@@ -580,16 +580,9 @@ async fn cluster_flag_with_redis_url_or_a_bad_node_exits_2_with_one_line() {
         ][..],
         &["--redis-cluster", "redis://127.0.0.1:2,not a url"],
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_paypush"))
-            .args(flags)
-            .output();
-        let output = tokio::time::timeout(PATIENCE, output)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(output.status.code(), Some(2), "{flags:?}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-        assert!(stderr.starts_with("error:"), "{stderr}");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_paypush"));
+        command.args(flags);
+        let stderr = refused_at_start(command).await;
+        assert!(stderr.starts_with("error:"), "{flags:?}: {stderr}");
     }
 }
