@@ -569,9 +569,12 @@ impl Hub {
         wake
     }
 
-    /// Takes back what the store kept: outcomes and nonces within their
-    /// time, each until the deadline it had (counted from its first
-    /// callback, not from now). The first outcome of a payment wins.
+    /// Takes back what the store kept (oldest first): outcomes and nonces
+    /// within their time, each until the deadline it had (counted from its
+    /// first callback, not from now). A payment has one stored outcome,
+    /// unless an earlier one expired from memory (a callback after the TTL)
+    /// or was refused but reached the disk anyway: the latest wins, as the
+    /// callbacks were answered.
     fn restore(&self, records: Vec<Record>) {
         let limits = self.shared.limits;
         let (now, system_now) = (Instant::now(), SystemTime::now());
@@ -589,20 +592,16 @@ impl Hub {
             match record {
                 Record::Outcome(outcome) => {
                     let id = outcome.pay_record_id;
-                    if state.payments.contains_key(&id) {
-                        continue;
-                    }
                     let outcome = Arc::new(outcome);
-                    state.payments.insert(
-                        id,
-                        Entry::Done {
-                            outcome,
-                            expires_at,
-                        },
-                    );
+                    let entry = Entry::Done {
+                        outcome,
+                        expires_at,
+                    };
+                    if state.payments.insert(id, entry).is_none() {
+                        state.recorded_outcomes += 1;
+                        outcomes += 1;
+                    }
                     state.outcome_deadlines.push_back((expires_at, id));
-                    state.recorded_outcomes += 1;
-                    outcomes += 1;
                 }
                 Record::Nonce { nonce, .. } => {
                     if state.nonces.insert(nonce.clone(), expires_at).is_none() {
@@ -1076,5 +1075,22 @@ mod tests {
             .filter(|r| matches!(r, Ok(Completion::Duplicate(_))))
             .count();
         assert_eq!((recorded, duplicates), (1, 1), "{results:?}");
+    }
+
+    #[tokio::test]
+    async fn a_restored_payment_keeps_its_latest_outcome() {
+        let hub = hub(10, 10);
+        let at = |seconds_ago: u64, status| {
+            Record::Outcome(Outcome {
+                pay_record_id: id(1),
+                status,
+                completed_at: SystemTime::now() - Duration::from_secs(seconds_ago),
+            })
+        };
+        // Oldest first, as the store replays them: a refused outcome that
+        // reached the disk anyway, then the one answered 200 after it.
+        hub.restore(vec![at(2, Status::Failed), at(1, Status::Success)]);
+        assert_eq!(hub.recorded(id(1)).unwrap().status, Status::Success);
+        assert_eq!(hub.lock().recorded_outcomes, 1);
     }
 }

@@ -26,9 +26,10 @@
 //!   (the file is truncated there), everything before is kept.
 //! - **Failed writes are never retried as if they succeeded.** After a failed
 //!   `write` or `fdatasync` the page cache may hold data the disk does not,
-//!   so the segment is abandoned and the batch answered with an error (the
-//!   callbacks get `503`); the next batch, [`RETRY_PAUSE`] later at the
-//!   earliest, starts a fresh segment. Until a write succeeds again the store
+//!   so the segment is abandoned (cut back to its last stored record, so the
+//!   refused records do not come back at start-up) and the batch answered
+//!   with an error (the callbacks get `503`); the next batch, [`RETRY_PAUSE`]
+//!   later at the earliest, starts a fresh segment. Until a write succeeds again the store
 //!   reports itself unhealthy (`/readyz` is `503`).
 //! - **One process per folder.** A lock on `LOCK` (`flock`) held for the
 //!   writer's life; a second paypush on the folder refuses to start.
@@ -152,7 +153,7 @@ impl fmt::Display for OpenError {
 /// retention, oldest first.
 #[derive(Debug, Default)]
 pub struct Replay {
-    /// The live records, in the order they were written.
+    /// The live records, by their time.
     pub records: Vec<Record>,
 }
 
@@ -391,10 +392,13 @@ impl Writer {
                     log::error!("store: {error}; callbacks get 503 until a write succeeds");
                 }
                 // The page cache may now hold what the disk does not: this
-                // segment takes nothing more.
-                if let Some(mut active) = self.active.take() {
-                    active.expires = active.expires.max(expires);
-                    active.bytes = active.file.metadata().map_or(active.bytes, |m| m.len());
+                // segment takes nothing more, and drops the refused records
+                // (as far as the disk still obeys; else the latest outcome
+                // wins at start-up, see `Hub::restore`).
+                if let Some(active) = self.active.take() {
+                    if let Err(e) = active.file.set_len(active.bytes) {
+                        log::warn!("store: cannot cut {} back: {e}", active.path.display());
+                    }
                     self.closed.push_back(active.close());
                 }
                 self.shared.healthy.store(false, Ordering::Relaxed);
@@ -547,6 +551,8 @@ fn read_folder(config: &StoreConfig) -> io::Result<(Replay, VecDeque<Closed>)> {
             bytes,
         });
     }
+    // Written in nearly this order already: a cheap sort.
+    replay.records.sort_by_key(Record::time);
     Ok((replay, kept))
 }
 

@@ -248,8 +248,24 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The segment whose last record is payment `id`'s outcome.
+fn segment_ending_with(dir: &Path, id: u64) -> PathBuf {
+    // An outcome record: length and CRC (8 bytes), tag, id, status, time.
+    const OUTCOME_RECORD: usize = 8 + 1 + 8 + 1 + 8;
+    segments(dir)
+        .into_iter()
+        .find(|path| {
+            let bytes = std::fs::read(path).unwrap();
+            bytes.len() >= OUTCOME_RECORD && {
+                let record = &bytes[bytes.len() - OUTCOME_RECORD..];
+                record[9..17] == id.to_le_bytes()
+            }
+        })
+        .expect("a segment ending with the outcome")
+}
+
 /// Records payments 1..=5, stops with SIGKILL, lets `damage` change the
-/// newest segment, restarts, and returns the new server.
+/// segment that ends with payment 5, restarts, and returns the new server.
 async fn restart_after_damage(dir: &Path, damage: impl FnOnce(&Path)) -> Binary {
     let mut server = start_in(dir, &[]).await;
     for id in 1..=5 {
@@ -257,10 +273,7 @@ async fn restart_after_damage(dir: &Path, damage: impl FnOnce(&Path)) -> Binary 
         assert_eq!(status, 200);
     }
     server.stop("KILL").await;
-    let newest = segments(&dir.join("paypush-data"))
-        .pop()
-        .expect("a segment");
-    damage(&newest);
+    damage(&segment_ending_with(&dir.join("paypush-data"), 5));
     start_in(dir, &[]).await
 }
 
@@ -338,11 +351,11 @@ async fn a_store_that_cannot_write_answers_503_stays_up_and_loses_no_200() {
         if status == 200 {
             answered.insert(id, json["completedAt"].as_str().unwrap().to_string());
         } else {
-            refusal = Some((status, retry_after, json));
+            refusal = Some((id, status, retry_after, json));
             break;
         }
     }
-    let (status, retry_after, json) = refusal.expect("the file-size limit is reached");
+    let (refused, status, retry_after, json) = refusal.expect("the file-size limit is reached");
     assert_eq!(status, 503);
     assert!(retry_after.is_some());
     assert_eq!(json["error"], "unavailable", "{json}");
@@ -355,6 +368,10 @@ async fn a_store_that_cannot_write_answers_503_stays_up_and_loses_no_200() {
 
     let server = start_in(dir.path(), &[]).await;
     assert_all_recorded(&server, &answered).await;
+    assert!(
+        !is_duplicate(&server, refused).await,
+        "the refused outcome came back"
+    );
 }
 
 #[tokio::test]
