@@ -35,8 +35,8 @@
 //!   so the segment is abandoned (cut back to its last stored record, so the
 //!   refused records do not come back at start-up) and the batch answered
 //!   with an error (the callbacks get `503`); the next batch, [`RETRY_PAUSE`]
-//!   later at the earliest, starts a fresh segment. Until a write succeeds again the store
-//!   reports itself unhealthy (`/readyz` is `503`).
+//!   later at the earliest, starts a fresh segment. Until a write succeeds
+//!   again the store reports itself unhealthy (`/readyz` is `503`).
 //! - **One process per folder.** A lock on `LOCK` (`flock`) held for the
 //!   writer's life; a second paypush on the folder refuses to start.
 
