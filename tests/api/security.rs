@@ -462,28 +462,12 @@ async fn sign_subcommand_prints_headers_the_server_accepts() {
 async fn sign_subcommand_signs_post_bodies() {
     let app = signed_app().await;
     let body = "payRecordId=16&status=FAILED";
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
-        .args([
-            "sign",
-            "--method",
-            "POST",
-            "--path",
-            "/pay-callback",
-            "--body",
-            body,
-        ])
-        .env("PAYPUSH_CALLBACK_SECRET", SECRET)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8(output.stdout).unwrap();
     let mut request = app
         .client
         .post(app.url("/pay-callback"))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(body);
-    for line in stdout.lines() {
-        let (name, value) = line.split_once(": ").unwrap();
+    for (name, value) in paypush_sign("POST", "/pay-callback", None, body) {
         request = request.header(name, value);
     }
     assert_eq!(request.send().await.unwrap().status(), 200);
@@ -493,43 +477,20 @@ async fn sign_subcommand_signs_post_bodies() {
 async fn sign_subcommand_signs_the_content_type_it_is_given() {
     let app = signed_app().await;
     let body = r#"{"payRecordId":"17","status":"CLOSED"}"#;
-    let sign = |content_type: Option<&'static str>| async move {
-        let mut args = vec![
-            "sign",
-            "--method",
-            "POST",
-            "--path",
-            "/pay-callback",
-            "--body",
-            body,
-        ];
-        if let Some(content_type) = content_type {
-            args.extend(["--content-type", content_type]);
-        }
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
-            .args(args)
-            .env("PAYPUSH_CALLBACK_SECRET", SECRET)
-            .output()
-            .await
-            .unwrap();
-        assert!(output.status.success());
-        String::from_utf8(output.stdout).unwrap()
-    };
-    let send = |headers: String| {
+    let send = |content_type: Option<&str>| {
         let mut request = app
             .client
             .post(app.url("/pay-callback"))
             .header("content-type", "application/json; charset=utf-8")
             .body(body);
-        for line in headers.lines() {
-            let (name, value) = line.split_once(": ").unwrap();
+        for (name, value) in paypush_sign("POST", "/pay-callback", content_type, body) {
             request = request.header(name, value);
         }
         request.send()
     };
     // The default, a form, does not match a JSON request.
-    assert_eq!(send(sign(None).await).await.unwrap().status(), 401);
-    let answer = send(sign(Some("application/json")).await).await.unwrap();
+    assert_eq!(send(None).await.unwrap().status(), 401);
+    let answer = send(Some("application/json")).await.unwrap();
     assert_eq!(answer.status(), 200);
     assert_eq!(answer.json::<Value>().await.unwrap()["status"], "CLOSED");
 }
