@@ -16,9 +16,9 @@
 //!   and (durability `disk`) one `fdatasync`, then answers them all. Under
 //!   load, one sync serves a whole batch.
 //! - **Gathering under load.** A sync costs CPU (70–105 µs of the writer's
-//!   time on the virtual machine we measure on), whatever it carries. When the last batch held
-//!   [`LOADED_BATCH`] records or more, callbacks are arriving faster than
-//!   syncs finish, so the writer lets [`GATHER`] pass before it takes the
+//!   time on the virtual machine we measure on), whatever it carries. When
+//!   the last batch held [`LOADED_BATCH`] records or more, callbacks are
+//!   arriving faster than syncs finish, so the writer lets [`GATHER`] pass before it takes the
 //!   next batch: half the syncs under a flood, for at most that much
 //!   latency. A trickle of callbacks (batches of one) never waits.
 //! - **Bounded by time, not history.** Every outcome lives the outcome TTL and
