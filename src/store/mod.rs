@@ -18,9 +18,10 @@
 //! - **Gathering under load.** A sync costs CPU (70–105 µs of the writer's
 //!   time on the virtual machine we measure on), whatever it carries. When
 //!   the last batch held [`LOADED_BATCH`] records or more, callbacks are
-//!   arriving faster than syncs finish, so the writer lets [`GATHER`] pass before it takes the
-//!   next batch: half the syncs under a flood, for at most that much
-//!   latency. A trickle of callbacks (batches of one) never waits.
+//!   arriving faster than syncs finish, so the writer lets [`GATHER`]
+//!   pass before it takes the next batch: half the syncs under a flood,
+//!   for at most that much latency. A trickle of callbacks (batches of one)
+//!   never waits.
 //! - **Bounded by time, not history.** Every outcome lives the outcome TTL and
 //!   every nonce the nonce memory, so a segment expires whole once its newest
 //!   record has: it is deleted, never rewritten. A new segment starts every
