@@ -387,6 +387,28 @@ pub fn paypush_command(dir: &std::path::Path) -> Command {
     command
 }
 
+/// The headers `paypush sign <args>` prints (a `Name: value` line each)
+/// with `secret` as the callback secret.
+pub fn paypush_sign(secret: &str, args: &[&str]) -> Vec<(String, String)> {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
+        .arg("sign")
+        .args(args)
+        .env("PAYPUSH_CALLBACK_SECRET", secret)
+        .output()
+        .expect("runs paypush sign");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|line| {
+            let (name, value) = line
+                .split_once(": ")
+                .unwrap_or_else(|| panic!("not a header: {line:?}"));
+            (name.to_string(), value.to_string())
+        })
+        .collect()
+}
+
 /// Starts the built binary on a free port, in a temporary working
 /// directory, and waits for its start-up line.
 pub async fn spawn_binary(flags: &[&str]) -> Binary {

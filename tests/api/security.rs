@@ -440,19 +440,10 @@ async fn push_requires_the_payment_token_when_a_subscribe_secret_is_set() {
 async fn sign_subcommand_prints_headers_the_server_accepts() {
     let app = signed_app().await;
     let path = "/pay-callback?payRecordId=15&status=CLOSED";
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
-        .args(["sign", "--path", path])
-        .env("PAYPUSH_CALLBACK_SECRET", SECRET)
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success());
-    let stdout = String::from_utf8(output.stdout).unwrap();
+    let headers = crate::helpers::paypush_sign(SECRET, &["--path", path]);
+    assert_eq!(headers.len(), 3, "{headers:?}");
     let mut request = app.client.get(app.url(path));
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{stdout}");
-    for line in lines {
-        let (name, value) = line.split_once(": ").unwrap();
+    for (name, value) in headers {
         request = request.header(name, value);
     }
     assert_eq!(request.send().await.unwrap().status(), 200);
@@ -751,28 +742,16 @@ fn paypush_sign(
     content_type: Option<&str>,
     body: &str,
 ) -> Vec<(String, String)> {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_paypush"));
-    command
-        .args([
-            "sign",
-            &format!("--method={method}"),
-            &format!("--path={path}"),
-        ])
-        .arg(format!("--body={body}"))
-        .env("PAYPUSH_CALLBACK_SECRET", SECRET);
+    let mut args = vec![
+        format!("--method={method}"),
+        format!("--path={path}"),
+        format!("--body={body}"),
+    ];
     if let Some(content_type) = content_type {
-        command.arg(format!("--content-type={content_type}"));
+        args.push(format!("--content-type={content_type}"));
     }
-    let output = command.output().unwrap();
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let (name, value) = line.split_once(": ").unwrap();
-            (name.to_string(), value.to_string())
-        })
-        .collect()
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    crate::helpers::paypush_sign(SECRET, &args)
 }
 
 #[test]

@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::helpers::{
-    paypush_command, refused_at_start, spawn_app, start_binary, temp_dir, Binary, EventStream,
+    paypush_command, paypush_sign, refused_at_start, spawn_app, start_binary, temp_dir, Binary,
+    EventStream,
 };
 
 /// Connections sending callbacks at once in the flood tests.
@@ -190,22 +191,6 @@ async fn duplicates_and_conflicts_are_decided_the_same_after_a_restart() {
     assert_eq!(conflict["recordedStatus"], "FAILED");
 }
 
-/// `paypush sign`'s headers for a GET of `path`.
-async fn signed_headers(dir: &Path, secret: &str, path: &str) -> Vec<(String, String)> {
-    let output = paypush_command(dir)
-        .args(["sign", "--path", path])
-        .env("PAYPUSH_CALLBACK_SECRET", secret)
-        .output()
-        .await
-        .expect("paypush sign");
-    String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .lines()
-        .filter_map(|line| line.split_once(": "))
-        .map(|(name, value)| (name.to_string(), value.to_string()))
-        .collect()
-}
-
 #[tokio::test]
 async fn a_signed_callback_replayed_after_a_restart_is_refused() {
     let dir = temp_dir();
@@ -216,7 +201,7 @@ async fn a_signed_callback_replayed_after_a_restart_is_refused() {
         command
     };
     let path = "/pay-callback?payRecordId=79";
-    let headers = signed_headers(dir.path(), secret, path).await;
+    let headers = paypush_sign(secret, &["--path", path]);
     let send = |server: &Binary| {
         let mut request = reqwest::Client::new().get(server.url(path));
         for (name, value) in &headers {
@@ -455,7 +440,6 @@ async fn a_signed_callback_answered_503_is_accepted_when_the_provider_retries_it
         "1s",
     ])
     .await;
-    let dir = temp_dir();
     let send = |path: &'static str, headers: Vec<(String, String)>| {
         let mut request = app.client.get(app.url(path));
         for (name, value) in headers {
@@ -467,9 +451,9 @@ async fn a_signed_callback_answered_503_is_accepted_when_the_provider_retries_it
         "/pay-callback?payRecordId=80",
         "/pay-callback?payRecordId=81",
     );
-    let headers = signed_headers(dir.path(), secret, first).await;
+    let headers = paypush_sign(secret, &["--path", first]);
     assert_eq!(send(first, headers).await.unwrap().status(), 200);
-    let retried = signed_headers(dir.path(), secret, second).await;
+    let retried = paypush_sign(secret, &["--path", second]);
     let full = send(second, retried.clone()).await.unwrap();
     assert_eq!(full.status(), 503, "over --max-outcomes");
     // Once the first outcome has expired there is room: the very same
