@@ -468,7 +468,7 @@ async fn callback_during_a_subscriber_drop_is_still_delivered() {
 /// A callback signed by `paypush sign` (secret `shared-secret`) is taken
 /// by `a`, and the very same request replayed to `b` is `401`.
 async fn assert_replay_refused_across(a: &TestApp, b: &TestApp, path: &str) {
-    let headers = helpers::paypush_sign("shared-secret", &["--path", path]);
+    let headers = helpers::paypush_sign(None, &["--secret", "shared-secret", "--path", path]);
     let send = |app: &TestApp| {
         let mut request = app.client.get(app.url(path));
         for (name, value) in &headers {

@@ -387,15 +387,17 @@ pub fn paypush_command(dir: &std::path::Path) -> Command {
     command
 }
 
-/// The headers `paypush sign <args>` prints (a `Name: value` line each)
-/// with `secret` as the callback secret.
-pub fn paypush_sign(secret: &str, args: &[&str]) -> Vec<(String, String)> {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
-        .arg("sign")
-        .args(args)
-        .env("PAYPUSH_CALLBACK_SECRET", secret)
-        .output()
-        .expect("runs paypush sign");
+/// The headers `paypush sign <args>` prints (a `Name: value` line each),
+/// with `secret_env` as `PAYPUSH_CALLBACK_SECRET` (`None`: the variable is
+/// unset, and `args` carry `--secret`).
+pub fn paypush_sign(secret_env: Option<&str>, args: &[&str]) -> Vec<(String, String)> {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_paypush"));
+    command.arg("sign").args(args);
+    match secret_env {
+        Some(secret) => command.env("PAYPUSH_CALLBACK_SECRET", secret),
+        None => command.env_remove("PAYPUSH_CALLBACK_SECRET"),
+    };
+    let output = command.output().expect("runs paypush sign");
     assert!(output.status.success(), "{output:?}");
     String::from_utf8(output.stdout)
         .expect("utf-8")

@@ -440,7 +440,7 @@ async fn push_requires_the_payment_token_when_a_subscribe_secret_is_set() {
 async fn sign_subcommand_prints_headers_the_server_accepts() {
     let app = signed_app().await;
     let path = "/pay-callback?payRecordId=15&status=CLOSED";
-    let headers = crate::helpers::paypush_sign(SECRET, &["--path", path]);
+    let headers = crate::helpers::paypush_sign(Some(SECRET), &["--path", path]);
     assert_eq!(headers.len(), 3, "{headers:?}");
     let mut request = app.client.get(app.url(path));
     for (name, value) in headers {
@@ -458,7 +458,7 @@ async fn sign_subcommand_signs_post_bodies() {
         .post(app.url("/pay-callback"))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(body);
-    for (name, value) in paypush_sign("POST", "/pay-callback", None, body) {
+    for (name, value) in signed_headers("POST", "/pay-callback", None, body) {
         request = request.header(name, value);
     }
     assert_eq!(request.send().await.unwrap().status(), 200);
@@ -474,7 +474,7 @@ async fn sign_subcommand_signs_the_content_type_it_is_given() {
             .post(app.url("/pay-callback"))
             .header("content-type", "application/json; charset=utf-8")
             .body(body);
-        for (name, value) in paypush_sign("POST", "/pay-callback", content_type, body) {
+        for (name, value) in signed_headers("POST", "/pay-callback", content_type, body) {
             request = request.header(name, value);
         }
         request.send()
@@ -736,7 +736,7 @@ fn content_types() -> impl proptest::strategy::Strategy<Value = String> {
 }
 
 /// The headers `paypush sign` prints for this request.
-fn paypush_sign(
+fn signed_headers(
     method: &str,
     path: &str,
     content_type: Option<&str>,
@@ -751,7 +751,7 @@ fn paypush_sign(
         args.push(format!("--content-type={content_type}"));
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    crate::helpers::paypush_sign(SECRET, &args)
+    crate::helpers::paypush_sign(Some(SECRET), &args)
 }
 
 #[test]
@@ -774,7 +774,7 @@ fn paypush_sign_and_the_server_agree_for_any_method_path_media_type_and_body() {
     let result = runner.run(&requests, |(method, query, content_type, body)| {
         let path = format!("/pay-callback{query}");
         let body = if method == "GET" { String::new() } else { body };
-        let headers = paypush_sign(method, &path, content_type.as_deref(), &body);
+        let headers = signed_headers(method, &path, content_type.as_deref(), &body);
         // What is sent: the given type, else paypush sign's default.
         let sent_type = content_type.unwrap_or_else(|| match method {
             "POST" => "application/x-www-form-urlencoded".into(),

@@ -201,7 +201,7 @@ async fn a_signed_callback_replayed_after_a_restart_is_refused() {
         command
     };
     let path = "/pay-callback?payRecordId=79";
-    let headers = paypush_sign(secret, &["--path", path]);
+    let headers = paypush_sign(Some(secret), &["--path", path]);
     let send = |server: &Binary| {
         let mut request = reqwest::Client::new().get(server.url(path));
         for (name, value) in &headers {
@@ -451,9 +451,9 @@ async fn a_signed_callback_answered_503_is_accepted_when_the_provider_retries_it
         "/pay-callback?payRecordId=80",
         "/pay-callback?payRecordId=81",
     );
-    let headers = paypush_sign(secret, &["--path", first]);
+    let headers = paypush_sign(Some(secret), &["--path", first]);
     assert_eq!(send(first, headers).await.unwrap().status(), 200);
-    let retried = paypush_sign(secret, &["--path", second]);
+    let retried = paypush_sign(Some(secret), &["--path", second]);
     let full = send(second, retried.clone()).await.unwrap();
     assert_eq!(full.status(), 503, "over --max-outcomes");
     // Once the first outcome has expired there is room: the very same
