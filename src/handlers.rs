@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use warp::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY};
+use warp::http::header::{
+    CACHE_CONTROL, CONNECTION, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY,
+};
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Rejection;
@@ -63,9 +65,14 @@ pub async fn push(
         }
         Err(refused) => return Err(ApiError::refused(refused, id).into()),
     };
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    let headers = response.headers_mut();
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // A stream is its HTTP/1.1 connection's last answer: it ends only with
+    // the payment's last event, after which the page closes or reconnects.
+    // Closing at once spares a wake-up and a read per checkout (waiting for
+    // the client's close); HTTP/2, whose streams share a connection, drops
+    // the header (hyper strips connection-specific headers there).
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
     Ok(response)
 }
 

@@ -41,6 +41,10 @@ async fn a_stream_over_h2c_gets_its_outcome_and_ends() {
     let app = spawn_app(&[]).await;
     let client = h2c();
     let mut stream = h2c_push(&app, &client, "31").await;
+    assert!(
+        !stream.headers.contains_key("connection"),
+        "no connection-specific header over HTTP/2"
+    );
     let answer = client
         .get(app.url("/pay-callback?payRecordId=31&status=FAILED"))
         .send()

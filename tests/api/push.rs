@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use crate::helpers::spawn_app;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{spawn_app, PATIENCE};
 
 #[tokio::test]
 async fn waiting_stream_gets_pending_then_the_outcome_then_ends() {
@@ -39,6 +42,36 @@ async fn waiting_stream_gets_pending_then_the_outcome_then_ends() {
     let completed_at = data["completedAt"].as_str().unwrap();
     assert!(humantime::parse_rfc3339(completed_at).is_ok() && completed_at.ends_with('Z'));
     assert!(stream.ends().await);
+}
+
+#[tokio::test]
+async fn the_server_closes_the_connection_once_the_stream_has_ended() {
+    let app = spawn_app(&[]).await;
+    let mut tcp = TcpStream::connect(app.addr).await.unwrap();
+    let request = format!(
+        "GET /push?payRecordId=124 HTTP/1.1\r\nHost: {}\r\n\r\n",
+        app.addr
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = vec![0; 1024];
+    let n = tokio::time::timeout(PATIENCE, tcp.read(&mut head))
+        .await
+        .expect("the head in time")
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+
+    assert_eq!(app.callback("124", None).await.status(), 200);
+    // Read to the end without closing our side: only the server's close ends it.
+    let mut rest = Vec::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut rest))
+        .await
+        .expect("the server closes the connection after the outcome")
+        .unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("\"status\":\"SUCCESS\""), "{rest}");
+    assert!(rest.ends_with("0\r\n\r\n"), "the chunked body ends: {rest}");
 }
 
 #[tokio::test]
