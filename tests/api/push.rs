@@ -53,12 +53,17 @@ async fn the_server_closes_the_connection_once_the_stream_has_ended() {
         app.addr
     );
     tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut head = vec![0; 1024];
-    let n = tokio::time::timeout(PATIENCE, tcp.read(&mut head))
-        .await
-        .expect("the head in time")
-        .unwrap();
-    let head = String::from_utf8_lossy(&head[..n]).to_lowercase();
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut bytes = [0; 1024];
+        let n = tokio::time::timeout(PATIENCE, tcp.read(&mut bytes))
+            .await
+            .expect("the head in time")
+            .unwrap();
+        assert!(n > 0, "the connection closed before the head");
+        head.extend_from_slice(&bytes[..n]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
 
