@@ -24,7 +24,9 @@
 //! - [`refusals`]: refused requests logged at most once a second per kind.
 //! - [`metrics`]: Prometheus counters and the `/metrics` text.
 //! - [`app`]: the shared [`app::App`]: hub, backplane, metrics, configuration.
-//! - [`server`]: the HTTP loop with graceful shutdown.
+//! - [`server`]: the HTTP loop with graceful shutdown and every
+//!   connection's deadlines; [`preface`]: HTTP/1.1 or h2c, from a
+//!   connection's first bytes.
 //! - [`cors`]: CORS headers for the `--allow-origin` list, none for anyone else.
 //! - [`shutdown`]: waits for SIGINT or SIGTERM.
 //! - [`signature`]: callback HMAC signatures, subscribe tokens, the redacting `Secret`.
@@ -39,6 +41,7 @@ pub mod hub;
 pub mod metrics;
 pub mod model;
 pub mod poll;
+pub mod preface;
 pub mod qr;
 pub mod refusals;
 pub mod routes;

@@ -3,9 +3,18 @@
 //! warp's own `serve` exposes no connection settings, so paypush serves
 //! `warp::service(routes)` with hyper's connection builders: one listener
 //! speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c, what a proxy such
-//! as HAProxy or Envoy sends upstream), told apart by peeking at the HTTP/2
-//! preface. Each protocol's settings (head size limits, timeouts, buffers,
-//! stream counts, flow-control windows) live here. [`run`] takes an
+//! as HAProxy or Envoy sends upstream), told apart by their first bytes
+//! ([`crate::preface`]). Each protocol's settings (head size limits,
+//! timeouts, buffers, stream counts, flow-control windows) live here.
+//!
+//! Every connection has deadlines whatever its client does: it must show
+//! its protocol within [`HEADER_READ_TIMEOUT`]; an HTTP/1.1 one then obeys
+//! hyper's head timeout and keep-alive; an HTTP/2 one is closed after
+//! [`H2_IDLE_TIMEOUT`] without an open stream, pings a silent peer, and
+//! resets a stream that outlives the push timeout by [`H2_STREAM_GRACE`]
+//! (its client grants no window, so hyper never polls its body); a
+//! connection asked to finish is dropped if it has not within
+//! [`SHUTDOWN_GRACE`]. [`run`] takes an
 //! already-bound listener, so tests bind port 0 and the binary stays thin.
 //!
 //! Not hyper-util's `auto` builder: its connection is one enum of both
@@ -21,13 +30,15 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tower::ServiceBuilder;
 use tower_http::set_header::SetResponseHeaderLayer;
 use warp::http::{header, HeaderValue};
@@ -35,7 +46,8 @@ use warp::http::{header, HeaderValue};
 use crate::app::App;
 use crate::cors::ListedOrigins;
 use crate::hub::Hub;
-use crate::{routes, ws};
+use crate::preface::{self, NoProtocol, Prefixed, Protocol};
+use crate::{refusals, routes, ws};
 
 /// Request line and headers above this size get `431`: hyper reads at most
 /// this much before the headers are complete.
@@ -55,22 +67,36 @@ pub const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 pub const H2_MAX_SEND_BUFFER: usize = 64 * 1024;
 /// Pause after an accept error such as running out of file descriptors.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-/// What an HTTP/2 client sends first (RFC 9113, 3.4).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Pause before peeking again at a preface that arrived in pieces.
-const PREFACE_RETRY: Duration = Duration::from_millis(1);
 /// How often shutdown looks whether every waiter (WebSockets) has ended.
 const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(10);
+/// An HTTP/2 connection with no open stream for this long is closed
+/// (`GOAWAY`), as an idle HTTP/1.1 keep-alive connection is.
+pub const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an HTTP/2 connection that received nothing pings its peer...
+pub const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// ...and how long the peer has to answer before the connection is closed:
+/// a peer that died without a word is found.
+pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an HTTP/2 stream may outlive the push timeout: the longest a
+/// stream lives on its own is the push timeout (a waiting stream) or a
+/// callback's head and body deadlines; one still there after this makes no
+/// progress (its client grants no flow-control window) and is reset.
+pub const H2_STREAM_GRACE: Duration = HEADER_READ_TIMEOUT;
+/// How long a connection asked to finish (shutdown, idle) may take to do
+/// so before it is dropped: a peer that never reads cannot hold it.
+const FINISH_DEADLINE: Duration = SHUTDOWN_GRACE;
 
-/// The two protocols' connection builders.
+/// The two protocols' connection settings.
 #[derive(Clone)]
 struct Builders {
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    h2_max_streams: u32,
+    /// Every HTTP/2 stream's deadline: see [`H2_STREAM_GRACE`].
+    h2_stream_deadline: Duration,
 }
 
 impl Builders {
-    fn new(h2_max_streams: u32) -> Builders {
+    fn new(h2_max_streams: u32, push_timeout: Duration) -> Builders {
         let mut h1 = http1::Builder::new();
         h1.max_buf_size(MAX_HEADER_BYTES)
             // One flat write buffer per connection: SSE events are a few
@@ -80,50 +106,114 @@ impl Builders {
             .writev(false)
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        Builders {
+            http1: h1,
+            h2_max_streams,
+            h2_stream_deadline: push_timeout.saturating_add(H2_STREAM_GRACE),
+        }
+    }
+
+    /// An HTTP/2 builder whose streams are counted in `streams`, each with
+    /// its deadline. Made per connection: the executor is its counter.
+    fn http2(&self, streams: Arc<OpenStreams>) -> http2::Builder<StreamExecutor> {
+        let executor = StreamExecutor {
+            deadline: self.h2_stream_deadline,
+            streams,
+        };
+        let mut h2 = http2::Builder::new(executor);
         h2.timer(TokioTimer::new())
-            .max_concurrent_streams(h2_max_streams)
+            .max_concurrent_streams(self.h2_max_streams)
             .initial_stream_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .max_send_buf_size(H2_MAX_SEND_BUFFER)
-            .max_header_list_size(MAX_HEADER_BYTES as u32);
-        Builders {
-            http1: h1,
-            http2: h2,
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .keep_alive_interval(H2_PING_INTERVAL)
+            .keep_alive_timeout(H2_PING_TIMEOUT);
+        h2
+    }
+}
+
+/// The open streams of one HTTP/2 connection, for its idle deadline.
+#[derive(Debug, Default)]
+struct OpenStreams {
+    count: AtomicUsize,
+    /// Notified whenever a stream opens or ends.
+    changed: Notify,
+}
+
+impl OpenStreams {
+    /// Completes once the connection has had no open stream for
+    /// [`H2_IDLE_TIMEOUT`] (from its start, or from its last stream's end).
+    async fn idle(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.count.load(Ordering::SeqCst) > 0 {
+                changed.await;
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(H2_IDLE_TIMEOUT) => {
+                    if self.count.load(Ordering::SeqCst) == 0 {
+                        return;
+                    }
+                }
+                _ = changed => {}
+            }
         }
     }
 }
 
-/// Whether a connection starts with the HTTP/2 preface, read without
-/// consuming it; `Err` when it closes (or errs) first.
-async fn is_http2(stream: &TcpStream) -> std::io::Result<bool> {
-    let mut start = [0; H2_PREFACE.len()];
-    loop {
-        let n = stream.peek(&mut start).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if start[..n] != H2_PREFACE[..n] {
-            return Ok(false);
-        }
-        if n == H2_PREFACE.len() {
-            return Ok(true);
-        }
-        // The preface so far, in pieces: peek again once more may be there.
-        tokio::time::sleep(PREFACE_RETRY).await;
+/// Counts a stream open until dropped.
+struct StreamGuard(Arc<OpenStreams>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
     }
 }
 
-/// Which protocol a new connection speaks: `Some(true)` for h2c, `None`
-/// when it closes or sends nothing within [`HEADER_READ_TIMEOUT`].
-async fn sniff(stream: &TcpStream, peer: SocketAddr) -> Option<bool> {
-    match tokio::time::timeout(HEADER_READ_TIMEOUT, is_http2(stream)).await {
-        Ok(Ok(http2)) => Some(http2),
-        Ok(Err(e)) => {
+/// hyper runs each HTTP/2 stream as a task of its own through this
+/// executor: it counts the stream open for the connection's idle deadline,
+/// and drops (resets) a stream still there at its deadline. hyper only
+/// polls a stream's body when the client grants window, so a stream whose
+/// client reads nothing could not end itself.
+#[derive(Clone)]
+struct StreamExecutor {
+    deadline: Duration,
+    streams: Arc<OpenStreams>,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        self.streams.count.fetch_add(1, Ordering::SeqCst);
+        self.streams.changed.notify_waiters();
+        let guard = StreamGuard(self.streams.clone());
+        let deadline = self.deadline;
+        tokio::spawn(async move {
+            if tokio::time::timeout(deadline, stream).await.is_err() {
+                log::debug!("an HTTP/2 stream made no progress for {deadline:?}; reset");
+            }
+            drop(guard);
+        });
+    }
+}
+
+/// Which protocol a new connection speaks, with its first bytes put back;
+/// `None` when it closes or shows nothing within [`HEADER_READ_TIMEOUT`].
+async fn sniff(stream: TcpStream, peer: SocketAddr) -> Option<(Protocol, Prefixed<TcpStream>)> {
+    match preface::read_protocol(stream, HEADER_READ_TIMEOUT).await {
+        Ok(found) => Some(found),
+        Err(NoProtocol::Closed(e)) => {
             log::debug!("connection from {peer} closed before a request: {e}");
             None
         }
-        Err(_) => {
+        Err(NoProtocol::TimedOut) => {
             log::debug!("connection from {peer} sent nothing in time");
             None
         }
@@ -131,11 +221,14 @@ async fn sniff(stream: &TcpStream, peer: SocketAddr) -> Option<bool> {
 }
 
 /// Runs a connection until it ends, asking it to finish gracefully (HTTP/2:
-/// `GOAWAY`; HTTP/1.1: close once idle) when `stop` turns true. Boxed, so
-/// this task's own state is a pointer, not a second copy of the connection.
+/// `GOAWAY`; HTTP/1.1: close once idle) when `stop` turns true or `idle`
+/// completes, and dropping it if it has not finished [`FINISH_DEADLINE`]
+/// later. Boxed, so this task's own state is a pointer, not a second copy
+/// of the connection.
 async fn drive<C>(
     mut connection: Pin<Box<C>>,
     finish: impl FnOnce(Pin<&mut C>),
+    idle: impl Future<Output = ()>,
     mut stop: watch::Receiver<bool>,
     peer: SocketAddr,
     _open: mpsc::Sender<()>,
@@ -145,12 +238,22 @@ async fn drive<C>(
     let ended = tokio::select! {
         result = connection.as_mut() => Some(result),
         _ = stop.wait_for(|stop| *stop) => None,
+        () = idle => {
+            log::debug!("connection from {peer} idle for {H2_IDLE_TIMEOUT:?}; closing");
+            None
+        }
     };
     let result = match ended {
         Some(result) => result,
         None => {
             finish(connection.as_mut());
-            connection.await
+            match tokio::time::timeout(FINISH_DEADLINE, connection).await {
+                Ok(result) => result,
+                Err(_) => {
+                    log::debug!("connection from {peer} did not finish in time; dropped");
+                    return;
+                }
+            }
         }
     };
     if let Err(e) = result {
@@ -194,7 +297,7 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
         .service(warp::service(warp::Filter::boxed(routes::routes(
             app.clone(),
         ))));
-    let builders = Builders::new(app.config.h2_max_streams);
+    let builders = Builders::new(app.config.h2_max_streams, app.config.push_timeout);
     // Flips to true on shutdown: every connection is then asked to finish.
     let (stop, stopping) = watch::channel(false);
     // Every connection holds a clone; `recv` answers `None` once all are gone.
@@ -205,7 +308,9 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    log::warn!("accept failed: {e}");
+                    // Rate-limited: out of file descriptors, this fails for
+                    // every connection in the queue.
+                    refusals::refused("accept_failed", format!("accept failed: {e}"));
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
@@ -221,20 +326,44 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
         // connection then gets a task of its own, holding only its
         // protocol's state.
         tokio::spawn(async move {
-            let Some(http2) = sniff(&stream, peer).await else {
+            let Some((protocol, io)) = sniff(stream, peer).await else {
                 return;
             };
-            let io = TokioIo::new(stream);
+            let io = TokioIo::new(io);
             let service = TowerToHyperService::new(service);
-            if http2 {
-                let connection = builders.http2.serve_connection(io, service);
-                let finish = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
-                tokio::spawn(drive(Box::pin(connection), finish, stopping, peer, open));
-            } else {
-                let connection = builders.http1.serve_connection(io, service);
-                let connection = connection.with_upgrades();
-                let finish = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
-                tokio::spawn(drive(Box::pin(connection), finish, stopping, peer, open));
+            match protocol {
+                Protocol::Http2 => {
+                    let streams = Arc::new(OpenStreams::default());
+                    let connection = builders
+                        .http2(streams.clone())
+                        .serve_connection(io, service);
+                    let finish = |c: Pin<&mut _>| http2::Connection::graceful_shutdown(c);
+                    let idle = async move { streams.idle().await };
+                    tokio::spawn(drive(
+                        Box::pin(connection),
+                        finish,
+                        idle,
+                        stopping,
+                        peer,
+                        open,
+                    ));
+                }
+                Protocol::Http1 => {
+                    let connection = builders.http1.serve_connection(io, service);
+                    let connection = connection.with_upgrades();
+                    let finish =
+                        |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
+                    // hyper closes an idle keep-alive connection itself.
+                    let idle = std::future::pending();
+                    tokio::spawn(drive(
+                        Box::pin(connection),
+                        finish,
+                        idle,
+                        stopping,
+                        peer,
+                        open,
+                    ));
+                }
             }
         });
     }
