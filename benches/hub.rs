@@ -59,6 +59,7 @@ impl Fixture {
                 outcome_ttl: TTL,
                 max_outcomes: usize::MAX,
                 nonce_memory: NONCE_MEMORY,
+                push_timeout: Duration::from_secs(300),
             })
         });
         let fillers = (1..=size)

@@ -61,6 +61,7 @@ impl App {
             outcome_ttl: config.outcome_ttl,
             nonce_memory: NONCE_MEMORY,
             max_outcomes: usize::try_from(config.max_outcomes).unwrap_or(usize::MAX),
+            push_timeout: config.push_timeout,
         };
         let metrics = Metrics::new()
             .map_err(|e| StartError::failure(format!("cannot set up metrics: {e}")))?;

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use warp::http::header::{
@@ -44,7 +44,8 @@ pub async fn push(
     app: App,
 ) -> Result<Response, Rejection> {
     let id = authorize(&app, &query)?;
-    let mut response = match subscribe(&app, id, Transport::Sse).await {
+    let wait = app.config.push_timeout;
+    let mut response = match subscribe(&app, id, Transport::Sse, wait).await {
         Ok(Subscription::Recorded(outcome))
             if last_event_id.as_deref() == Some(&outcome.event_id()) =>
         {
@@ -55,12 +56,7 @@ pub async fn push(
         }
         Ok(Subscription::Waiting(waiting)) => {
             let config = &app.config;
-            let stream = sse::waiting(
-                waiting,
-                config.push_timeout,
-                config.keep_alive,
-                app.metrics.clone(),
-            );
+            let stream = sse::waiting(waiting, config.keep_alive, app.metrics.clone());
             warp::sse::reply(stream).into_response()
         }
         Err(refused) => return Err(ApiError::refused(refused, id).into()),
@@ -164,22 +160,24 @@ pub(crate) fn authorize(app: &App, query: &[(String, String)]) -> Result<PayReco
     Ok(id)
 }
 
-/// Registers a waiter locally, then (Redis mode) reads the outcome recorded
-/// elsewhere, so no callback slips between the two. If Redis cannot be read,
-/// the waiter waits: the subscriber catches up when Redis is back.
+/// Registers a waiter locally (waiting at most `wait`), then (Redis mode)
+/// reads the outcome recorded elsewhere, so no callback slips between the
+/// two. If Redis cannot be read, the waiter waits: the subscriber catches up
+/// when Redis is back.
 pub(crate) async fn subscribe(
     app: &App,
     id: PayRecordId,
     transport: Transport,
+    wait: Duration,
 ) -> Result<Subscription, SubscribeError> {
-    let subscription = app.hub.subscribe_via(id, transport)?;
+    let subscription = app.hub.subscribe_via(id, transport, wait)?;
     let Subscription::Waiting(waiting) = subscription else {
         return Ok(subscription);
     };
     match app.backplane.catch_up(&app.hub, id).await {
         Ok(true) => {
             drop(waiting);
-            app.hub.subscribe_via(id, transport)
+            app.hub.subscribe_via(id, transport, wait)
         }
         Ok(false) => Ok(Subscription::Waiting(waiting)),
         Err(e) => {

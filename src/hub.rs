@@ -20,7 +20,7 @@
 //! The lock is a `std::sync::Mutex`: nothing awaits while holding it, and it is
 //! held for map operations only, released before any sender fires.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -44,6 +44,10 @@ pub struct Limits {
     /// Outcomes remembered at once; a new one beyond it is refused, never
     /// making room by forgetting one.
     pub max_outcomes: usize,
+    /// The longest a waiter waits: at this deadline the hub itself releases
+    /// its slot and tells it [`Wake::Timeout`], whether or not its
+    /// transport is polled (a client that reads nothing cannot keep it).
+    pub push_timeout: Duration,
 }
 
 /// A handle to the hub; clones share the same state.
@@ -76,6 +80,9 @@ struct State {
     outcome_deadlines: VecDeque<(Instant, PayRecordId)>,
     /// Nonce deadlines, oldest first.
     nonce_deadlines: VecDeque<(Instant, String)>,
+    /// Every waiter's deadline, earliest first, keyed by deadline and
+    /// waiter; removed when the waiter leaves, so it holds only live ones.
+    waiter_deadlines: BTreeMap<(Instant, u64), (PayRecordId, Transport)>,
     /// Outcomes remembered now, storing ones included.
     recorded_outcomes: usize,
     /// Waiting streams alive now, across all payments.
@@ -93,7 +100,11 @@ impl State {
     fn next_deadline(&self) -> Option<Instant> {
         let outcome = self.outcome_deadlines.front().map(|(at, _)| *at);
         let nonce = self.nonce_deadlines.front().map(|(at, _)| *at);
-        outcome.into_iter().chain(nonce).min()
+        let waiter = self
+            .waiter_deadlines
+            .first_key_value()
+            .map(|((at, _), _)| *at);
+        outcome.into_iter().chain(nonce).chain(waiter).min()
     }
 }
 
@@ -126,7 +137,28 @@ impl Entry {
 #[derive(Debug)]
 struct Waiter {
     id: u64,
-    sender: oneshot::Sender<Arc<Outcome>>,
+    sender: oneshot::Sender<Wake>,
+}
+
+/// How a waiter's wait ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wake {
+    /// The payment's outcome.
+    Outcome(Arc<Outcome>),
+    /// Its deadline passed; its slot is free already.
+    Timeout,
+    /// The hub is shutting down.
+    Shutdown,
+}
+
+impl Wake {
+    /// The outcome, if that is what came.
+    pub fn into_outcome(self) -> Option<Arc<Outcome>> {
+        match self {
+            Wake::Outcome(outcome) => Some(outcome),
+            Wake::Timeout | Wake::Shutdown => None,
+        }
+    }
 }
 
 /// What [`Hub::subscribe`] gives a new stream.
@@ -139,14 +171,15 @@ pub enum Subscription {
 }
 
 /// A registered stream. Dropping it (client gone, timeout, shutdown) removes
-/// its sender from the hub at once.
+/// its sender from the hub at once; its deadline removes it too, even if it
+/// is never dropped.
 #[derive(Debug)]
 pub struct Waiting {
-    receiver: oneshot::Receiver<Arc<Outcome>>,
+    receiver: oneshot::Receiver<Wake>,
     hub: Hub,
     pay_record_id: PayRecordId,
     waiter: u64,
-    transport: Transport,
+    deadline: Instant,
 }
 
 /// How a waiter waits: the wire format it turns its [`Waiting`] into. The
@@ -348,17 +381,20 @@ impl Hub {
 
     /// Registers an SSE stream for `id`, or returns its recorded outcome.
     pub fn subscribe(&self, id: PayRecordId) -> Result<Subscription, SubscribeError> {
-        self.subscribe_via(id, Transport::Sse)
+        self.subscribe_via(id, Transport::Sse, self.shared.limits.push_timeout)
     }
 
-    /// Registers a waiter of this transport for `id`, or returns its recorded
+    /// Registers a waiter of this transport for `id` that waits at most
+    /// `wait` (never longer than the push timeout), or returns its recorded
     /// outcome. Every transport shares the same limits.
     pub fn subscribe_via(
         &self,
         id: PayRecordId,
         transport: Transport,
+        wait: Duration,
     ) -> Result<Subscription, SubscribeError> {
         let limits = self.shared.limits;
+        let deadline = Instant::now() + wait.min(limits.push_timeout);
         let mut state = self.lock();
         if state.shutdown {
             return Err(SubscribeError::ShuttingDown);
@@ -391,12 +427,18 @@ impl Hub {
         state.next_waiter += 1;
         state.open_streams += 1;
         state.open_by_transport[transport as usize] += 1;
+        let wake = state.next_deadline().is_none_or(|next| deadline < next);
+        state
+            .waiter_deadlines
+            .insert((deadline, waiter), (id, transport));
+        drop(state);
+        self.wake_purge_task_if(wake);
         Ok(Subscription::Waiting(Waiting {
             receiver,
             hub: self.clone(),
             pay_record_id: id,
             waiter,
-            transport,
+            deadline,
         }))
     }
 
@@ -729,33 +771,31 @@ impl Hub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Forgets one stream: called when its [`Waiting`] is dropped.
-    fn forget(&self, id: PayRecordId, waiter: u64, transport: Transport) {
+    /// Forgets one stream: called when its [`Waiting`] is dropped. Its
+    /// slot is released here unless its deadline released it already.
+    fn forget(&self, id: PayRecordId, waiter: u64, deadline: Instant) {
         let mut state = self.lock();
-        state.open_streams -= 1;
-        state.open_by_transport[transport as usize] -= 1;
-        let Some(entry) = state.payments.get_mut(&id) else {
+        let Some((_, transport)) = state.waiter_deadlines.remove(&(deadline, waiter)) else {
             return;
         };
-        if let Some(waiters) = entry.waiters_mut() {
-            waiters.retain(|w| w.id != waiter);
-            if waiters.is_empty() && matches!(entry, Entry::Waiting(_)) {
-                state.payments.remove(&id);
-                drop(state);
-                self.went_idle(id);
-            }
+        let (_, idle) = release(&mut state, id, waiter, transport);
+        drop(state);
+        if idle {
+            self.went_idle(id);
         }
     }
 
-    /// Removes the outcomes and nonces whose deadline has passed; returns the next
+    /// Removes the outcomes and nonces whose deadline has passed, and
+    /// releases the waiters whose deadline has passed (each is told
+    /// [`Wake::Timeout`]); returns the next
     /// deadline, or `None` when there is none. On shutdown, `Err(())`.
     fn purge_expired(&self) -> Result<Option<Instant>, ()> {
-        let mut state = self.lock();
-        if state.shutdown {
+        let mut guard = self.lock();
+        if guard.shutdown {
             return Err(());
         }
         let now = Instant::now();
-        let state = &mut *state;
+        let state = &mut *guard;
         while let Some(&(at, id)) = state.outcome_deadlines.front().filter(|(at, _)| *at <= now) {
             state.outcome_deadlines.pop_front();
             let expired = matches!(state.payments.get(&id),
@@ -772,39 +812,84 @@ impl Hub {
             }
             state.nonce_deadlines.pop_front();
         }
-        Ok(state.next_deadline())
+        let mut timed_out = Vec::new();
+        let mut idle = Vec::new();
+        while let Some(entry) = state.waiter_deadlines.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((_, waiter), (id, transport)) = entry.remove_entry();
+            let (sender, went_idle) = release(state, id, waiter, transport);
+            timed_out.extend(sender);
+            if went_idle {
+                idle.push(id);
+            }
+        }
+        let next = state.next_deadline();
+        drop(guard);
+        for sender in timed_out {
+            // Its transport may be gone already: nothing to tell then.
+            let _ = sender.send(Wake::Timeout);
+        }
+        for id in idle {
+            self.went_idle(id);
+        }
+        Ok(next)
     }
 }
 
 impl Waiting {
-    /// Waits for the outcome; `None` when the hub shut down first.
-    pub async fn outcome(&mut self) -> Option<Arc<Outcome>> {
-        (&mut self.receiver).await.ok()
+    /// Waits for the outcome, the deadline or shutdown, whichever is first.
+    pub async fn outcome(&mut self) -> Wake {
+        (&mut self.receiver).await.unwrap_or(Wake::Shutdown)
     }
 
     /// The payment this stream waits for.
     pub fn pay_record_id(&self) -> PayRecordId {
         self.pay_record_id
     }
-
-    /// How this waiter waits.
-    pub fn transport(&self) -> Transport {
-        self.transport
-    }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
         self.hub
-            .forget(self.pay_record_id, self.waiter, self.transport);
+            .forget(self.pay_record_id, self.waiter, self.deadline);
     }
+}
+
+/// Frees one waiter's slot and removes its sender from its payment, which
+/// it returns (`None` once the outcome took it); true when the payment has
+/// no waiter left and nothing else to keep, so it leaves the map.
+fn release(
+    state: &mut State,
+    id: PayRecordId,
+    waiter: u64,
+    transport: Transport,
+) -> (Option<oneshot::Sender<Wake>>, bool) {
+    state.open_streams -= 1;
+    state.open_by_transport[transport as usize] -= 1;
+    let Some(entry) = state.payments.get_mut(&id) else {
+        return (None, false);
+    };
+    let Some(waiters) = entry.waiters_mut() else {
+        return (None, false);
+    };
+    let sender = waiters
+        .iter()
+        .position(|w| w.id == waiter)
+        .map(|at| waiters.swap_remove(at).sender);
+    let idle = waiters.is_empty() && matches!(entry, Entry::Waiting(_));
+    if idle {
+        state.payments.remove(&id);
+    }
+    (sender, idle)
 }
 
 /// Sends `outcome` to `waiters`; returns how many were still there.
 fn notify(waiters: Vec<Waiter>, outcome: &Arc<Outcome>) -> usize {
     waiters
         .into_iter()
-        .map(|waiter| waiter.sender.send(outcome.clone()).is_ok())
+        .map(|waiter| waiter.sender.send(Wake::Outcome(outcome.clone())).is_ok())
         .filter(|&sent| sent)
         .count()
 }
@@ -828,6 +913,9 @@ async fn purge_expired_outcomes(hub: Hub) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The waiters' deadline in these tests.
+    const PUSH_TIMEOUT: Duration = Duration::from_secs(300);
     use crate::model::Status;
 
     fn hub(max_streams: usize, per_payment: usize) -> Hub {
@@ -837,6 +925,7 @@ mod tests {
             outcome_ttl: Duration::from_secs(60),
             nonce_memory: Duration::from_secs(600),
             max_outcomes: 1_000,
+            push_timeout: PUSH_TIMEOUT,
         })
     }
 
@@ -864,8 +953,14 @@ mod tests {
             completion,
             Completion::Recorded { notified: 2, .. }
         ));
-        assert_eq!(a.outcome().await.unwrap().status, Status::Success);
-        assert_eq!(b.outcome().await.unwrap().status, Status::Success);
+        assert_eq!(
+            a.outcome().await.into_outcome().unwrap().status,
+            Status::Success
+        );
+        assert_eq!(
+            b.outcome().await.into_outcome().unwrap().status,
+            Status::Success
+        );
     }
 
     #[tokio::test]
@@ -873,7 +968,10 @@ mod tests {
         let hub = hub(10, 10);
         let mut a = waiting(hub.subscribe(id(1)));
         assert_eq!(hub.deliver(Outcome::new(id(1), Status::Success)), 1);
-        assert_eq!(a.outcome().await.unwrap().status, Status::Success);
+        assert_eq!(
+            a.outcome().await.into_outcome().unwrap().status,
+            Status::Success
+        );
         assert_eq!(hub.deliver(Outcome::new(id(2), Status::Success)), 0);
         assert_eq!(hub.stats().recorded_outcomes, 1, "payment 2 is not kept");
     }
@@ -925,16 +1023,18 @@ mod tests {
     #[tokio::test]
     async fn every_transport_counts_against_the_same_limits() {
         let hub = hub(3, 2);
-        let _sse = waiting(hub.subscribe_via(id(1), Transport::Sse));
-        let _ws = waiting(hub.subscribe_via(id(1), Transport::Ws));
+        let _sse = waiting(hub.subscribe_via(id(1), Transport::Sse, PUSH_TIMEOUT));
+        let _ws = waiting(hub.subscribe_via(id(1), Transport::Ws, PUSH_TIMEOUT));
         assert_eq!(
-            hub.subscribe_via(id(1), Transport::Poll).unwrap_err(),
+            hub.subscribe_via(id(1), Transport::Poll, PUSH_TIMEOUT)
+                .unwrap_err(),
             SubscribeError::TooManyStreams
         );
-        let poll = waiting(hub.subscribe_via(id(2), Transport::Poll));
+        let poll = waiting(hub.subscribe_via(id(2), Transport::Poll, PUSH_TIMEOUT));
         assert_eq!(hub.stats().open_by_transport, [1, 1, 1]);
         assert_eq!(
-            hub.subscribe_via(id(3), Transport::Ws).unwrap_err(),
+            hub.subscribe_via(id(3), Transport::Ws, PUSH_TIMEOUT)
+                .unwrap_err(),
             SubscribeError::OverCapacity
         );
         drop(poll);
@@ -970,7 +1070,7 @@ mod tests {
         let hub = hub(10, 10);
         let mut a = waiting(hub.subscribe(id(1)));
         hub.shutdown();
-        assert!(a.outcome().await.is_none());
+        assert_eq!(a.outcome().await, Wake::Shutdown);
         assert_eq!(
             hub.subscribe(id(2)).unwrap_err(),
             SubscribeError::ShuttingDown
@@ -1063,7 +1163,7 @@ mod tests {
         });
         let again = again.await.unwrap();
         assert!(on_disk(dir.path(), 1), "answered before it was stored");
-        let outcome = stream.outcome().await.unwrap();
+        let outcome = stream.outcome().await.into_outcome().unwrap();
         assert_eq!(outcome.status, Status::Success);
         let results = [first.await.unwrap(), again];
         let recorded = results
@@ -1092,5 +1192,48 @@ mod tests {
         hub.restore(vec![at(2, Status::Failed), at(1, Status::Success)]);
         assert_eq!(hub.recorded(id(1)).unwrap().status, Status::Success);
         assert_eq!(hub.lock().recorded_outcomes, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_is_released_at_its_deadline_even_if_never_polled() {
+        let hub = hub(1, 1);
+        let (idle, mut went_idle) = mpsc::unbounded_channel();
+        hub.notify_idle(idle);
+        // Registered, then never polled: as a stream whose client reads nothing.
+        let mut stalled = waiting(hub.subscribe(id(1)));
+        assert_eq!(
+            hub.subscribe(id(2)).unwrap_err(),
+            SubscribeError::OverCapacity
+        );
+        tokio::time::sleep(PUSH_TIMEOUT + Duration::from_millis(1)).await;
+        assert_eq!(
+            hub.stats().open_streams,
+            0,
+            "the slot is free at the deadline"
+        );
+        assert_eq!(hub.stats().waiting_payments, 0);
+        assert_eq!(went_idle.try_recv().ok(), Some(id(1)));
+        let _next = waiting(hub.subscribe(id(2)));
+        // The stalled transport, polled at last, learns it timed out, and
+        // dropping it releases nothing twice.
+        assert_eq!(stalled.outcome().await, Wake::Timeout);
+        drop(stalled);
+        assert_eq!(hub.stats().open_streams, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_wait_ends_first_and_others_keep_waiting() {
+        let hub = hub(10, 10);
+        let mut long = waiting(hub.subscribe(id(1)));
+        let start = Instant::now();
+        let poll = hub.subscribe_via(id(1), Transport::Poll, Duration::from_secs(5));
+        let mut poll = waiting(poll);
+        assert_eq!(poll.outcome().await, Wake::Timeout);
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        assert_eq!(hub.stats().open_by_transport, [1, 0, 0]);
+        hub.complete(Outcome::new(id(1), Status::Success))
+            .await
+            .unwrap();
+        assert!(long.outcome().await.into_outcome().is_some());
     }
 }

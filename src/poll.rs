@@ -25,7 +25,7 @@ use warp::Rejection;
 use crate::app::App;
 use crate::error::ApiError;
 use crate::handlers::{authorize, subscribe, unavailable};
-use crate::hub::{SubscribeError, Subscription, Transport, Waiting};
+use crate::hub::{SubscribeError, Subscription, Transport, Waiting, Wake};
 use crate::metrics::Metrics;
 use crate::model::{single, Outcome, PayRecordId, PendingJson};
 
@@ -47,10 +47,10 @@ pub async fn status(query: Vec<(String, String)>, app: App) -> Result<Response, 
             .await
             .map_err(unavailable)?
     } else {
-        match subscribe(&app, id, Transport::Poll).await {
+        match subscribe(&app, id, Transport::Poll, wait).await {
             Ok(Subscription::Recorded(outcome)) => Some(outcome),
             Ok(Subscription::Waiting(waiting)) => {
-                return Ok(waiting_reply(waiting, wait, app.metrics.clone()));
+                return Ok(waiting_reply(waiting, app.metrics.clone()));
             }
             // Shutting down: answer now, so the client asks another instance.
             Err(SubscribeError::ShuttingDown) => app.hub.recorded(id),
@@ -62,10 +62,10 @@ pub async fn status(query: Vec<(String, String)>, app: App) -> Result<Response, 
 
 /// The answer of a registered long-poll: the head now, the JSON once the
 /// outcome comes, the wait ends or the hub shuts down.
-fn waiting_reply(waiting: Waiting, wait: Duration, metrics: Arc<Metrics>) -> Response {
+fn waiting_reply(waiting: Waiting, metrics: Arc<Metrics>) -> Response {
     let id = waiting.pay_record_id();
     let body = stream::once(async move {
-        let outcome = long_poll(waiting, wait, &metrics).await;
+        let outcome = long_poll(waiting, &metrics).await;
         Ok::<_, Infallible>(json_bytes(id, outcome.as_deref()))
     });
     let mut response = warp::reply::stream(body).into_response();
@@ -85,25 +85,21 @@ fn json_bytes(id: PayRecordId, outcome: Option<&Outcome>) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// Waits up to `wait` for the outcome; `None` at the end of the wait or on
-/// shutdown. The waiter leaves the hub when this returns (or when the
-/// client goes away and the answer is dropped).
-pub async fn long_poll(
-    mut waiting: Waiting,
-    wait: Duration,
-    metrics: &Metrics,
-) -> Option<Arc<Outcome>> {
-    tokio::select! {
-        outcome = waiting.outcome() => {
-            if let Some(outcome) = &outcome {
-                metrics.delivered(outcome, Transport::Poll);
-            }
-            outcome
+/// Waits for the outcome until the waiter's deadline (its `wait`, set when
+/// it registered); `None` at the deadline or on shutdown. The waiter leaves
+/// the hub when this returns, when the client goes away and the answer is
+/// dropped, or at its deadline whatever the client does.
+pub async fn long_poll(mut waiting: Waiting, metrics: &Metrics) -> Option<Arc<Outcome>> {
+    match waiting.outcome().await {
+        Wake::Outcome(outcome) => {
+            metrics.delivered(&outcome, Transport::Poll);
+            Some(outcome)
         }
-        _ = tokio::time::sleep(wait) => {
+        Wake::Timeout => {
             metrics.timed_out(Transport::Poll);
             None
         }
+        Wake::Shutdown => None,
     }
 }
 

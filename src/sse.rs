@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::{future, stream, Stream, StreamExt, TryStream};
 use warp::sse::Event;
 
-use crate::hub::{Transport, Waiting};
+use crate::hub::{Transport, Waiting, Wake};
 use crate::metrics::Metrics;
 use crate::model::{Outcome, PendingJson};
 
@@ -23,10 +23,11 @@ pub fn recorded(
     stream::once(future::ready(outcome_event(&outcome)))
 }
 
-/// The stream of a registered, waiting subscription.
+/// The stream of a registered, waiting subscription. Its end comes from
+/// the hub (the outcome, the waiter's deadline, or shutdown), so a stream
+/// keeps no timer of its own besides the keep-alive.
 pub fn waiting(
     mut waiting: Waiting,
-    push_timeout: Duration,
     keep_alive: Duration,
     metrics: Arc<Metrics>,
 ) -> impl TryStream<Ok = Event, Error = impl StdError + Send + Sync + 'static> + Send + 'static {
@@ -36,15 +37,20 @@ pub fn waiting(
         .event("pending")
         .json_data(PendingJson::new(id));
     let end = stream::once(async move {
-        tokio::select! {
-            outcome = waiting.outcome() => outcome.map(|outcome| {
+        match waiting.outcome().await {
+            Wake::Outcome(outcome) => {
                 metrics.delivered(&outcome, Transport::Sse);
-                outcome_event(&outcome)
-            }),
-            _ = tokio::time::sleep(push_timeout) => {
-                metrics.timed_out(Transport::Sse);
-                Some(Event::default().event("timeout").json_data(PendingJson::new(id)))
+                Some(outcome_event(&outcome))
             }
+            Wake::Timeout => {
+                metrics.timed_out(Transport::Sse);
+                Some(
+                    Event::default()
+                        .event("timeout")
+                        .json_data(PendingJson::new(id)),
+                )
+            }
+            Wake::Shutdown => None,
         }
         // `waiting` is dropped here, so the hub forgets this stream before
         // the last event is even written.

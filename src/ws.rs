@@ -42,7 +42,7 @@ use warp::Rejection;
 use crate::app::App;
 use crate::error::ApiError;
 use crate::handlers::{authorize, subscribe};
-use crate::hub::{Subscription, Transport, Waiting};
+use crate::hub::{Subscription, Transport, Waiting, Wake};
 use crate::metrics::Metrics;
 use crate::model::{Outcome, PendingJson};
 
@@ -56,6 +56,10 @@ const MAX_READ_BYTES: usize = 64 * 1024;
 const READ_BUFFER_BYTES: usize = 2 * 1024;
 /// How long the server waits for the client's answer to its close frame.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one frame may take to write: a client that reads nothing (and
+/// floods pings, whose pongs then queue) is dropped after it, instead of
+/// holding the socket's task for ever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The only WebSocket version there is (RFC 6455).
 const WEBSOCKET_VERSION: &[u8] = b"13";
 
@@ -71,13 +75,6 @@ type Close = (u16, &'static str);
 
 /// A server-side socket over a hyper upgrade.
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
-
-/// What a socket needs of the configuration.
-#[derive(Debug, Clone, Copy)]
-struct Timing {
-    push_timeout: Duration,
-    keep_alive: Duration,
-}
 
 /// The upgrade of a request that asked for one, moved out of the request's
 /// extensions by [`take_upgrade`] (hyper's `OnUpgrade` is not `Clone`, which
@@ -129,13 +126,10 @@ pub async fn upgrade(
     let (accept, on_upgrade) = handshake(&headers, upgrade).ok_or(ApiError::InvalidRequest(
         "GET /ws needs a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)",
     ))?;
-    let subscription = subscribe(&app, id, Transport::Ws)
+    let subscription = subscribe(&app, id, Transport::Ws, app.config.push_timeout)
         .await
         .map_err(|refused| ApiError::refused(refused, id))?;
-    let timing = Timing {
-        push_timeout: app.config.push_timeout,
-        keep_alive: app.config.keep_alive,
-    };
+    let keep_alive = app.config.keep_alive;
     let metrics = app.metrics.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -143,7 +137,7 @@ pub async fn upgrade(
                 let io = TokioIo::new(upgraded);
                 let socket =
                     WebSocketStream::from_raw_socket(io, Role::Server, Some(config())).await;
-                serve(socket, subscription, timing, metrics).await;
+                serve(socket, subscription, keep_alive, metrics).await;
             }
             // The client left before the 101 was written; dropping
             // `subscription` makes the hub forget the waiter.
@@ -233,7 +227,12 @@ fn origin_of(url: &str) -> &str {
 }
 
 /// One socket's life after the `101`.
-async fn serve(socket: Socket, subscription: Subscription, timing: Timing, metrics: Arc<Metrics>) {
+async fn serve(
+    socket: Socket,
+    subscription: Subscription,
+    keep_alive: Duration,
+    metrics: Arc<Metrics>,
+) {
     let (mut sink, mut stream) = socket.split();
     let closed = match subscription {
         Subscription::Recorded(outcome) => {
@@ -241,7 +240,7 @@ async fn serve(socket: Socket, subscription: Subscription, timing: Timing, metri
                 && close(&mut sink, (CLOSE_NORMAL, "outcome")).await
         }
         Subscription::Waiting(mut waiting) => {
-            let how = watch(&mut sink, &mut stream, &mut waiting, timing, &metrics).await;
+            let how = watch(&mut sink, &mut stream, &mut waiting, keep_alive, &metrics).await;
             let closed = match how {
                 Some(how) => close(&mut sink, how).await,
                 None => false,
@@ -281,35 +280,33 @@ async fn watch(
     sink: &mut SplitSink<Socket, Message>,
     stream: &mut SplitStream<Socket>,
     waiting: &mut Waiting,
-    timing: Timing,
+    keep_alive: Duration,
     metrics: &Metrics,
 ) -> Option<Close> {
     send(sink, text(&PendingJson::new(waiting.pay_record_id()))).await?;
-    let timeout = tokio::time::sleep(timing.push_timeout);
-    tokio::pin!(timeout);
-    let start = tokio::time::Instant::now() + timing.keep_alive;
-    let mut pings = tokio::time::interval_at(start, timing.keep_alive);
+    let start = tokio::time::Instant::now() + keep_alive;
+    let mut pings = tokio::time::interval_at(start, keep_alive);
     loop {
         tokio::select! {
-            outcome = waiting.outcome() => {
-                return match outcome {
-                    Some(outcome) => {
+            wake = waiting.outcome() => {
+                return match wake {
+                    Wake::Outcome(outcome) => {
                         metrics.delivered(&outcome, Transport::Ws);
                         send(sink, outcome_frame(&outcome)).await?;
                         Some((CLOSE_NORMAL, "outcome"))
                     }
-                    None => Some((CLOSE_GOING_AWAY, "shutdown")),
+                    Wake::Timeout => {
+                        metrics.timed_out(Transport::Ws);
+                        Some((CLOSE_NORMAL, "timeout"))
+                    }
+                    Wake::Shutdown => Some((CLOSE_GOING_AWAY, "shutdown")),
                 };
-            }
-            _ = &mut timeout => {
-                metrics.timed_out(Transport::Ws);
-                return Some((CLOSE_NORMAL, "timeout"));
             }
             _ = pings.tick() => send(sink, Message::Ping(Bytes::new())).await?,
             message = stream.next() => match message {
                 Some(Ok(message)) if message.is_close() => {
                     // tungstenite queued the answer; closing the sink sends it.
-                    let _ = sink.close().await;
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
                     return None;
                 }
                 Some(Ok(message)) if message.len() > MAX_CLIENT_MESSAGE_BYTES => {
@@ -333,9 +330,16 @@ fn is_too_big(error: &tungstenite::Error) -> bool {
     matches!(error, tungstenite::Error::Capacity(_))
 }
 
-/// Writes one message; `None` when the client is gone.
+/// Writes one message; `None` when the client is gone or has not taken it
+/// within [`WRITE_TIMEOUT`].
 async fn send(sink: &mut SplitSink<Socket, Message>, message: Message) -> Option<()> {
-    sink.send(message).await.ok()
+    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)).await {
+        Ok(sent) => sent.ok(),
+        Err(_) => {
+            log::debug!("ws: a frame was not taken within {WRITE_TIMEOUT:?}; dropping the socket");
+            None
+        }
+    }
 }
 
 /// A text frame holding `value` as JSON.
