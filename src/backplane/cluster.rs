@@ -324,7 +324,10 @@ impl Cluster {
 
     /// Subscribes to `id`'s channel (confirmed) unless it is already, then
     /// reads its recorded outcome.
-    pub async fn recorded(&self, id: PayRecordId) -> Result<Option<Outcome>, Unavailable> {
+    pub async fn recorded(
+        self: &Arc<Self>,
+        id: PayRecordId,
+    ) -> Result<Option<Outcome>, Unavailable> {
         if let Err(e) = self.subscribe(id, false).await {
             self.mark_broken();
             return Err(e);
@@ -388,13 +391,21 @@ impl Cluster {
     /// `SSUBSCRIBE`s to `id`'s channel, confirmed on return; unless it is
     /// subscribed already and `again` is false. Waits for an (un)subscription
     /// of the same channel in flight first.
-    async fn subscribe(&self, id: PayRecordId, again: bool) -> Result<(), Unavailable> {
+    ///
+    /// The `SSUBSCRIBE` runs in a task of its own, which records its answer
+    /// in the map before it drops the entry's `done` sender: a request
+    /// cancelled here (its client went away) leaves no `Pending` entry
+    /// behind. One whose sender is gone all the same is stale, and taken
+    /// over, never waited on (it would answer at once, for ever).
+    async fn subscribe(self: &Arc<Self>, id: PayRecordId, again: bool) -> Result<(), Unavailable> {
         loop {
             let next = {
                 let mut channels = self.lock_channels();
                 match channels.get(&id) {
                     Some(Channel::Subscribed) if !again => return Ok(()),
-                    Some(Channel::Pending(in_flight)) => Err(in_flight.clone()),
+                    Some(Channel::Pending(in_flight)) if in_flight.has_changed().is_ok() => {
+                        Err(in_flight.clone())
+                    }
                     _ => {
                         let (done, pending) = watch::channel(());
                         channels.insert(id, Channel::Pending(pending));
@@ -404,8 +415,14 @@ impl Cluster {
             };
             match next {
                 // Ours to send: `done` drops once it is answered.
-                Ok(done) => return self.subscribe_now(id, done).await,
-                // Fails at once when that is answered: its sender is gone.
+                Ok(done) => {
+                    let cluster = self.clone();
+                    let task = tokio::spawn(async move { cluster.subscribe_now(id, done).await });
+                    return task
+                        .await
+                        .unwrap_or_else(|e| Err(Unavailable(format!("subscription failed: {e}"))));
+                }
+                // Fails once that is answered: its sender is gone.
                 Err(mut in_flight) => {
                     let _ = in_flight.changed().await;
                 }
@@ -453,7 +470,14 @@ impl Cluster {
                     continue;
                 }
                 match channels.get(&id) {
+                    // A pending entry whose sender is gone is stale: its
+                    // state on Redis is unknown, so unsubscribe to be sure.
                     Some(Channel::Subscribed) => {
+                        let (done, pending) = watch::channel(());
+                        channels.insert(id, Channel::Pending(pending));
+                        leaving.push((id, done));
+                    }
+                    Some(Channel::Pending(done)) if done.has_changed().is_err() => {
                         let (done, pending) = watch::channel(());
                         channels.insert(id, Channel::Pending(pending));
                         leaving.push((id, done));
@@ -525,7 +549,7 @@ impl Cluster {
 
     /// Subscribes again to the channel of every locally waiting payment and
     /// re-reads their outcomes; returns how many it delivered.
-    async fn recover(&self, hub: &Hub) -> Result<usize, Unavailable> {
+    async fn recover(self: &Arc<Self>, hub: &Hub) -> Result<usize, Unavailable> {
         self.pubsub().await?;
         let waiting = hub.waiting_payments();
         let subscribed: Vec<Result<(), Unavailable>> = stream::iter(waiting.clone())

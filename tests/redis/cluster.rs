@@ -14,6 +14,10 @@ use futures_util::future::join_all;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
+/// Pages closed mid-subscribe.
+#[path = "churn.rs"]
+mod churn;
+
 use super::helpers::{refused_at_start, spawn_app, EventStream, TestApp, PATIENCE};
 use super::{assert_replay_refused_across, have, wait_until_ready};
 
