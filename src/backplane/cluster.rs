@@ -98,8 +98,10 @@ impl FromStr for RedisNodes {
         if nodes.is_empty() {
             return Err("no node given".into());
         }
-        for node in &nodes {
-            redis::Client::open(node.as_str()).map_err(|e| format!("not a Redis URL: {e}"))?;
+        for (n, node) in nodes.iter().enumerate() {
+            // Which one, by place: the node itself may hold a password.
+            redis::Client::open(node.as_str())
+                .map_err(|e| format!("node {} is not a Redis URL: {e}", n + 1))?;
         }
         Ok(RedisNodes(nodes))
     }

@@ -362,6 +362,32 @@ async fn an_invalid_redis_url_is_reported_with_its_password_hidden() {
     }
 }
 
+#[tokio::test]
+async fn an_invalid_redis_cluster_node_list_is_reported_with_every_password_hidden() {
+    let nodes = "redis://u:goodsecret@127.0.0.1:7000,redis://u:badsecret@127.0.0.1:x";
+    for (flags, env) in [
+        (vec!["--redis-cluster", nodes], vec![]),
+        (vec![], vec![("PAYPUSH_REDIS_CLUSTER", nodes)]),
+    ] {
+        let dir = temp_dir();
+        let output = paypush_command(dir.path())
+            .args(["--bind", "127.0.0.1:0"])
+            .args(&flags)
+            .envs(env)
+            .current_dir(dir.path())
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !stderr.contains("goodsecret") && !stderr.contains("badsecret"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("redis://u:***@127.0.0.1:x"), "{stderr}");
+    }
+}
+
 /// The start-up warning about a missing subscribe secret.
 const OPEN_STREAMS_WARNING: &str = "no subscribe secret";
 
