@@ -297,6 +297,45 @@ impl Backplane {
         Ok((check, Stored::now()))
     }
 
+    /// Forgets a nonce that [`Backplane::remember_nonce`] remembered for a
+    /// callback that was then not recorded, where it was remembered: the
+    /// hub, or Redis (`DEL`; on a cluster, routed to the nonce's slot over
+    /// the connection that set it, so it runs after a `SET` still in flight).
+    pub async fn forget_nonce(&self, hub: &Hub, nonce: &str) -> Result<(), Unavailable> {
+        match self {
+            Backplane::Memory => {
+                hub.forget_nonce(nonce);
+                Ok(())
+            }
+            Backplane::Redis(redis) => {
+                // The one multiplexed connection that sent the SET: Redis runs
+                // this DEL after it, even when the SET is still in flight.
+                let mut commands = redis.commands().await?;
+                with_timeout(commands.del::<_, ()>(format!("{NONCE_KEY}{nonce}"))).await
+            }
+            Backplane::Cluster(cluster) => cluster.forget_nonce(nonce).await,
+        }
+    }
+
+    /// [`Backplane::forget_nonce`] from where nothing can wait (a `Drop`):
+    /// at once in memory mode, else in a task of its own, bounded by
+    /// [`REDIS_TIMEOUT`].
+    pub fn forget_nonce_later(&self, hub: &Hub, nonce: String) {
+        if let Backplane::Memory = self {
+            hub.forget_nonce(&nonce);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (backplane, hub) = (self.clone(), hub.clone());
+        runtime.spawn(async move {
+            if let Err(e) = backplane.forget_nonce(&hub, &nonce).await {
+                log::debug!("cannot forget a nonce: {}", e.0);
+            }
+        });
+    }
+
     /// Whether callbacks can be accepted: always in memory mode; in Redis
     /// mode when Redis answers and the subscriber connection is up.
     pub async fn ready(&self) -> bool {

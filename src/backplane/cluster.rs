@@ -347,13 +347,34 @@ impl Cluster {
 
     /// `SET NX PX` of a signed callback's nonce: true when it is new.
     pub async fn remember_nonce(&self, nonce: &str, memory: Duration) -> Result<bool, Unavailable> {
-        let mut commands = self.commands().await?;
+        let mut commands = self.nonce_commands(nonce).await?;
         let options = redis::SetOptions::default()
             .conditional_set(redis::ExistenceCheck::NX)
             .with_expiration(redis::SetExpiry::PX(millis(memory)));
         let set: Option<String> =
             with_timeout(commands.set_options(format!("{NONCE_KEY}{nonce}"), 1, options)).await?;
         Ok(set.is_some())
+    }
+
+    /// `DEL` of a nonce remembered for a callback that was not recorded.
+    pub async fn forget_nonce(&self, nonce: &str) -> Result<(), Unavailable> {
+        let mut commands = self.nonce_commands(nonce).await?;
+        with_timeout(commands.del::<_, ()>(format!("{NONCE_KEY}{nonce}"))).await
+    }
+
+    /// The command connection of `nonce`'s `SET` and `DEL`: always the same
+    /// one, so its node runs a `DEL` after a `SET` still in flight (e.g.
+    /// when the callback's client went away while it was).
+    async fn nonce_commands(&self, nonce: &str) -> Result<ClusterConnection, Unavailable> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(nonce, &mut hasher);
+        let connections = u64::try_from(self.commands.len()).unwrap_or(1);
+        let turn = usize::try_from(std::hash::Hasher::finish(&hasher) % connections).unwrap_or(0);
+        let connection = with_timeout(
+            self.commands[turn].get_or_try_init(|| self.commands_client.get_async_connection()),
+        )
+        .await?;
+        Ok(connection.clone())
     }
 
     /// Whether callbacks can be accepted: subscribed and caught up, the

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 
 use super::helpers::{refused_at_start, spawn_app, EventStream, TestApp, PATIENCE};
-use super::{assert_replay_refused_across, have, wait_until_ready};
+use super::{assert_replay_refused_across, have, send_signed, status_and_body, wait_until_ready};
 
 /// A cluster node's bus port is its port + 10 000, at most 65 535.
 const MAX_NODE_PORT: u16 = 55_535;
@@ -465,6 +465,50 @@ async fn cluster_replayed_nonce_is_refused_on_another_instance() {
     };
     let path = "/pay-callback?payRecordId=77";
     assert_replay_refused_across(&a, &b, path).await;
+}
+
+impl RedisCluster {
+    /// Runs `ACL SETUSER default <rules>` on every live node.
+    async fn set_default_user(&self, rules: &[&str]) {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let mut args = vec!["ACL", "SETUSER", "default"];
+            args.extend_from_slice(rules);
+            let _: String = command(node.port, &args).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn cluster_signed_callback_answered_503_is_recorded_when_retried_verbatim() {
+    let secret = ["--callback-secret", "shared-secret"];
+    let Some((redis, [a, b])) = cluster("cluster_signed_callback_retried", &secret).await else {
+        return;
+    };
+    let id = payment(3_000);
+    let mut stream = b.push_pending(&id).await;
+    let path = format!("/pay-callback?payRecordId={id}&status=CLOSED");
+    let headers =
+        super::helpers::paypush_sign(None, &["--secret", "shared-secret", "--path", &path]);
+
+    // The nonce's SET is allowed, the record script is not.
+    redis.set_default_user(&["-eval", "-evalsha"]).await;
+    let (status, body) = status_and_body(send_signed(&a, &path, &headers).await).await;
+    assert_eq!(status, 503, "{body}");
+
+    redis.set_default_user(&["+eval", "+evalsha"]).await;
+    // Retried as a provider does while it is 503 (a WAIT may time out on
+    // this busy machine): never a 401.
+    let mut answer = (503, String::new());
+    for _ in 0..20 {
+        answer = status_and_body(send_signed(&a, &path, &headers).await).await;
+        if answer.0 != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answer.0, 200, "the verbatim retry: {}", answer.1);
+    let outcome = stream.next_event().await.expect("the outcome on B");
+    assert_eq!(outcome.json()["status"], "CLOSED");
 }
 
 #[tokio::test]
