@@ -57,6 +57,8 @@ const RECONNECT_BACKOFF: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(2));
 /// What subscription probes start with; every instance ignores them.
 const PROBE_PREFIX: &str = "probe:";
+/// Why paypush is not ready when Redis does not answer.
+const REDIS_UNREACHABLE: &str = "Redis cannot be reached";
 /// Payments re-read per `MGET` when catching up.
 const CATCH_UP_BATCH: usize = 500;
 
@@ -106,8 +108,17 @@ impl From<redis::RedisError> for Unavailable {
 pub enum RecordError {
     /// Redis failed or did not answer in time.
     Redis(Unavailable),
+    /// Recorded on a Redis Cluster shard's primary, but no replica
+    /// acknowledged it in time: a failover could lose it.
+    NoReplica,
     /// The hub refused it (full, or its store cannot write).
     Refused(Refusal),
+}
+
+impl From<Unavailable> for RecordError {
+    fn from(e: Unavailable) -> Self {
+        RecordError::Redis(e)
+    }
 }
 
 /// In memory, or over Redis.
@@ -203,10 +214,7 @@ impl Backplane {
                 (recorded, notified)
             }
             // It has handed it to this hub already, before waiting for a replica.
-            Backplane::Cluster(cluster) => cluster
-                .record(hub, &outcome)
-                .await
-                .map_err(RecordError::Redis)?,
+            Backplane::Cluster(cluster) => cluster.record(hub, &outcome).await?,
         };
         Ok(match recorded {
             None => Completion::Recorded {
@@ -336,25 +344,28 @@ impl Backplane {
         });
     }
 
-    /// Whether callbacks can be accepted: always in memory mode; in Redis
-    /// mode when Redis answers and the subscriber connection is up.
-    pub async fn ready(&self) -> bool {
+    /// Whether a callback for a new payment would be recorded, else why
+    /// not: the hub's store writes; in memory mode, `--max-outcomes` is not
+    /// reached; in Redis mode, Redis answers and the subscriber connection
+    /// is up; on a Redis Cluster, see [`Cluster::ready`].
+    pub async fn ready(&self, hub: &Hub) -> Result<(), &'static str> {
+        hub.ready()?;
         let redis = match self {
-            Backplane::Memory => return true,
+            Backplane::Memory if hub.is_full() => {
+                return Err("as many outcomes as --max-outcomes allows are remembered")
+            }
+            Backplane::Memory => return Ok(()),
             Backplane::Redis(redis) => redis,
             Backplane::Cluster(cluster) => return cluster.ready().await,
         };
         if !redis.subscribed.load(Ordering::Relaxed) {
-            return false;
+            return Err("the Redis subscriber connection is down");
         }
-        match redis.commands().await {
-            Ok(mut commands) => {
-                with_timeout(redis::cmd("PING").query_async::<String>(&mut commands))
-                    .await
-                    .is_ok()
-            }
-            Err(_) => false,
-        }
+        let mut commands = redis.commands().await.map_err(|_| REDIS_UNREACHABLE)?;
+        with_timeout(redis::cmd("PING").query_async::<String>(&mut commands))
+            .await
+            .map_err(|_| REDIS_UNREACHABLE)?;
+        Ok(())
     }
 }
 

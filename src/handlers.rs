@@ -267,6 +267,9 @@ fn store_failed(e: StoreError) -> ApiError {
 fn not_recorded(app: &App, error: RecordError) -> ApiError {
     match error {
         RecordError::Redis(e) => unavailable(e),
+        RecordError::NoReplica => {
+            ApiError::Unavailable("no Redis Cluster replica acknowledged the outcome in time")
+        }
         RecordError::Refused(Refusal::Store(e)) => store_failed(e),
         RecordError::Refused(Refusal::Full) => {
             app.metrics.outcome_refused();
@@ -359,12 +362,14 @@ pub async fn healthz() -> Result<Response, Rejection> {
     Ok(warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response())
 }
 
-/// `GET /readyz`: ready to accept callbacks (in Redis mode: Redis answers
-/// and the subscriber connection is up).
+/// `GET /readyz`: `200` only when a callback for a new payment would be
+/// answered `200` (see [`crate::backplane::Backplane::ready`]); else
+/// `503 not_ready` saying which condition fails.
 pub async fn readyz(app: App) -> Result<Response, Rejection> {
-    if !app.hub.ready() || !app.backplane.ready().await {
-        return Err(ApiError::NotReady.into());
-    }
+    app.backplane
+        .ready(&app.hub)
+        .await
+        .map_err(ApiError::NotReady)?;
     Ok(warp::reply::json(&serde_json::json!({ "status": "ready" })).into_response())
 }
 

@@ -505,3 +505,27 @@ async fn a_body_that_stalls_over_h2c_gets_408_json() {
     let body: serde_json::Value = answer.json().await.unwrap();
     assert_eq!(body["error"], "request_timeout");
 }
+
+#[tokio::test]
+async fn readyz_is_503_naming_max_outcomes_while_every_new_outcome_is_refused() {
+    for store in [&[][..], &["--in-memory"]] {
+        let mut flags = vec!["--max-outcomes", "2", "--outcome-ttl", "1s"];
+        flags.extend_from_slice(store);
+        let app = spawn_app(&flags).await;
+        assert_eq!(app.get("/readyz").await.status(), 200, "{flags:?}");
+        for id in ["1", "2"] {
+            assert_eq!(app.callback(id, None).await.status(), 200);
+        }
+        let full = app.get("/readyz").await;
+        assert_eq!(full.status(), 503, "{flags:?}");
+        let json: serde_json::Value = full.json().await.unwrap();
+        assert_eq!(json["error"], "not_ready");
+        assert!(
+            json["message"].as_str().unwrap().contains("--max-outcomes"),
+            "{flags:?}: {json}"
+        );
+        // Ready again once the outcomes expire and make room.
+        tokio::time::sleep(Duration::from_millis(1_300)).await;
+        assert_eq!(app.get("/readyz").await.status(), 200, "{flags:?}");
+    }
+}
