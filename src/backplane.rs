@@ -57,6 +57,8 @@ const RECONNECT_BACKOFF: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(2));
 /// What subscription probes start with; every instance ignores them.
 const PROBE_PREFIX: &str = "probe:";
+/// Why paypush is not ready when Redis does not answer.
+const REDIS_UNREACHABLE: &str = "Redis cannot be reached";
 /// Payments re-read per `MGET` when catching up.
 const CATCH_UP_BATCH: usize = 500;
 
@@ -106,8 +108,17 @@ impl From<redis::RedisError> for Unavailable {
 pub enum RecordError {
     /// Redis failed or did not answer in time.
     Redis(Unavailable),
+    /// Recorded on a Redis Cluster shard's primary, but no replica
+    /// acknowledged it in time: a failover could lose it.
+    NoReplica,
     /// The hub refused it (full, or its store cannot write).
     Refused(Refusal),
+}
+
+impl From<Unavailable> for RecordError {
+    fn from(e: Unavailable) -> Self {
+        RecordError::Redis(e)
+    }
 }
 
 /// In memory, or over Redis.
@@ -203,10 +214,7 @@ impl Backplane {
                 (recorded, notified)
             }
             // It has handed it to this hub already, before waiting for a replica.
-            Backplane::Cluster(cluster) => cluster
-                .record(hub, &outcome)
-                .await
-                .map_err(RecordError::Redis)?,
+            Backplane::Cluster(cluster) => cluster.record(hub, &outcome).await?,
         };
         Ok(match recorded {
             None => Completion::Recorded {
@@ -297,25 +305,67 @@ impl Backplane {
         Ok((check, Stored::now()))
     }
 
-    /// Whether callbacks can be accepted: always in memory mode; in Redis
-    /// mode when Redis answers and the subscriber connection is up.
-    pub async fn ready(&self) -> bool {
+    /// Forgets a nonce that [`Backplane::remember_nonce`] remembered for a
+    /// callback that was then not recorded, where it was remembered: the
+    /// hub, or Redis (`DEL`; on a cluster, routed to the nonce's slot over
+    /// the connection that set it, so it runs after a `SET` still in flight).
+    pub async fn forget_nonce(&self, hub: &Hub, nonce: &str) -> Result<(), Unavailable> {
+        match self {
+            Backplane::Memory => {
+                hub.forget_nonce(nonce);
+                Ok(())
+            }
+            Backplane::Redis(redis) => {
+                // The one multiplexed connection that sent the SET: Redis runs
+                // this DEL after it, even when the SET is still in flight.
+                let mut commands = redis.commands().await?;
+                with_timeout(commands.del::<_, ()>(format!("{NONCE_KEY}{nonce}"))).await
+            }
+            Backplane::Cluster(cluster) => cluster.forget_nonce(nonce).await,
+        }
+    }
+
+    /// [`Backplane::forget_nonce`] from where nothing can wait (a `Drop`):
+    /// at once in memory mode, else in a task of its own, bounded by
+    /// [`REDIS_TIMEOUT`].
+    pub fn forget_nonce_later(&self, hub: &Hub, nonce: String) {
+        if let Backplane::Memory = self {
+            hub.forget_nonce(&nonce);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (backplane, hub) = (self.clone(), hub.clone());
+        runtime.spawn(async move {
+            if let Err(e) = backplane.forget_nonce(&hub, &nonce).await {
+                log::debug!("cannot forget a nonce: {}", e.0);
+            }
+        });
+    }
+
+    /// Whether a callback for a new payment would be recorded, else why
+    /// not: the hub's store writes; in memory mode, `--max-outcomes` is not
+    /// reached; in Redis mode, Redis answers and the subscriber connection
+    /// is up; on a Redis Cluster, see [`Cluster::ready`].
+    pub async fn ready(&self, hub: &Hub) -> Result<(), &'static str> {
+        hub.ready()?;
         let redis = match self {
-            Backplane::Memory => return true,
+            Backplane::Memory if hub.is_full() => {
+                return Err("as many outcomes as --max-outcomes allows are remembered")
+            }
+            Backplane::Memory => return Ok(()),
             Backplane::Redis(redis) => redis,
             Backplane::Cluster(cluster) => return cluster.ready().await,
         };
         if !redis.subscribed.load(Ordering::Relaxed) {
-            return false;
+            return Err("the Redis subscriber connection is down");
         }
-        match redis.commands().await {
-            Ok(mut commands) => {
-                with_timeout(redis::cmd("PING").query_async::<String>(&mut commands))
-                    .await
-                    .is_ok()
-            }
-            Err(_) => false,
-        }
+        let mut commands = redis.commands().await.map_err(|_| REDIS_UNREACHABLE)?;
+        with_timeout(redis::cmd("PING").query_async::<String>(&mut commands))
+            .await
+            .map_err(|_| REDIS_UNREACHABLE)?;
+        Ok(())
     }
 }
 

@@ -117,7 +117,8 @@ pub struct Config {
         env = "PAYPUSH_REDIS_CLUSTER",
         value_name = "NODES",
         hide_env_values = true,
-        conflicts_with = "redis_url"
+        conflicts_with = "redis_url",
+        value_parser = RedisNodesParser
     )]
     pub redis_cluster: Option<RedisNodes>,
 
@@ -286,6 +287,35 @@ impl TypedValueParser for RedisUrlParser {
                 format!(
                     "invalid value '{}' for '--redis-url <URL>': {why}\n",
                     redact_url(&text)
+                ),
+            )
+        })
+    }
+}
+
+/// Parses `--redis-cluster` itself, for the same reason as
+/// [`RedisUrlParser`]: every node of the list may hold a password, so each
+/// is quoted through [`redact_url`].
+#[derive(Clone, Debug)]
+struct RedisNodesParser;
+
+impl TypedValueParser for RedisNodesParser {
+    type Value = RedisNodes;
+
+    fn parse_ref(
+        &self,
+        _command: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<RedisNodes, clap::Error> {
+        let text = value.to_string_lossy();
+        text.parse::<RedisNodes>().map_err(|why| {
+            let shown: Vec<String> = text.split(',').map(redact_url).collect();
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!(
+                    "invalid value '{}' for '--redis-cluster <NODES>': {why}\n",
+                    shown.join(",")
                 ),
             )
         })

@@ -35,8 +35,9 @@ pub enum ApiError {
     ForbiddenOrigin,
     /// A query string or header that cannot be read.
     InvalidRequest(&'static str),
-    /// Not ready to accept callbacks (Redis mode: Redis unreachable).
-    NotReady,
+    /// Not ready to take the callback of a new payment; why (e.g. the
+    /// store cannot write, `--max-outcomes` reached, Redis unreachable).
+    NotReady(&'static str),
     /// paypush cannot take the request now; the client should retry.
     Unavailable(&'static str),
     /// A different outcome is already recorded for the payment.
@@ -82,7 +83,7 @@ impl ApiError {
             | ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
             ApiError::InvalidToken | ApiError::ForbiddenOrigin => StatusCode::FORBIDDEN,
-            ApiError::Unavailable(_) | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::OutcomeConflict(_) => StatusCode::CONFLICT,
             ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::OverCapacity | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -106,7 +107,7 @@ impl ApiError {
             ApiError::ForbiddenOrigin => "forbidden_origin",
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::Unavailable(_) => "unavailable",
-            ApiError::NotReady => "not_ready",
+            ApiError::NotReady(_) => "not_ready",
             ApiError::OutcomeConflict(_) => "outcome_conflict",
             ApiError::TooManyStreams(_) => "too_many_streams",
             ApiError::OverCapacity => "over_capacity",
@@ -139,7 +140,7 @@ impl ApiError {
             }
             ApiError::InvalidRequest(why) => format!("The request cannot be read: {why}."),
             ApiError::Unavailable(why) => format!("Unavailable: {why}; retry later."),
-            ApiError::NotReady => "Not ready: the outcome store (the data folder, or Redis) cannot take outcomes now.".into(),
+            ApiError::NotReady(why) => format!("Not ready: {why}."),
             ApiError::OutcomeConflict(outcome) => format!(
                 "Payment {} already has the outcome {}; the first outcome wins.",
                 outcome.pay_record_id, outcome.status
@@ -171,7 +172,7 @@ impl ApiError {
             ApiError::OverCapacity
                 | ApiError::ShuttingDown
                 | ApiError::Unavailable(_)
-                | ApiError::NotReady
+                | ApiError::NotReady(_)
         )
         .then_some(RETRY_AFTER_SECS)
     }

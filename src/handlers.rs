@@ -20,7 +20,7 @@ use crate::hub::{
     Completion, NonceCheck, Refusal, Stored, SubscribeError, Subscription, Transport,
 };
 use crate::metrics::CallbackResult;
-use crate::model::{single, Callback, CallbackJson, Outcome, PayRecordId};
+use crate::model::{single, Callback, CallbackJson, Outcome, PayRecordId, Status};
 use crate::signature::{self, SignatureError, SignatureHeaders, SignedParts};
 use crate::sse;
 use crate::store::StoreError;
@@ -89,8 +89,9 @@ pub struct CallbackRequest {
 impl CallbackRequest {
     /// Checks the signature headers when a callback secret is set; the nonce
     /// is remembered only once every other check has passed. Returns the
-    /// nonce (signed mode) and a [`Stored`] that resolves once it is durable.
-    async fn authenticate(&self, app: &App) -> Result<(Option<String>, Stored), ApiError> {
+    /// nonce's claim (signed mode) and a [`Stored`] that resolves once it is
+    /// durable.
+    async fn authenticate(&self, app: &App) -> Result<(Option<NonceClaim>, Stored), ApiError> {
         let Some(secret) = &app.config.callback_secret else {
             return Ok((None, Stored::now()));
         };
@@ -109,15 +110,28 @@ impl CallbackRequest {
         };
         let headers = SignatureHeaders::parse(&self.headers)?;
         headers.verify(secret, parts, SystemTime::now())?;
+        // Claimed before the SET is sent: if this request ends while it is
+        // in flight (a timeout, the client gone), it may still land.
+        let claim = NonceClaim {
+            app: app.clone(),
+            nonce: Some(headers.nonce.clone()),
+        };
         let (check, stored) = app
             .backplane
             .remember_nonce(&app.hub, &headers.nonce)
             .await
             .map_err(unavailable)?;
         match check {
-            NonceCheck::Fresh => Ok((Some(headers.nonce), stored)),
-            NonceCheck::Replayed => Err(SignatureError::ReplayedNonce.into()),
-            NonceCheck::Full => Err(ApiError::Unavailable("too many signed callbacks at once")),
+            NonceCheck::Fresh => Ok((Some(claim), stored)),
+            // Another request's nonce, or none remembered: nothing to forget.
+            NonceCheck::Replayed => {
+                claim.keep();
+                Err(SignatureError::ReplayedNonce.into())
+            }
+            NonceCheck::Full => {
+                claim.keep();
+                Err(ApiError::Unavailable("too many signed callbacks at once"))
+            }
         }
     }
 
@@ -143,6 +157,48 @@ impl CallbackRequest {
             }
             (mime::APPLICATION, mime::JSON) => Ok(Callback::from_json(&self.body)?),
             _ => Err(ApiError::UnsupportedMediaType),
+        }
+    }
+}
+
+/// A signed callback's remembered nonce, until the callback is answered as
+/// recorded, a duplicate or a conflict ([`NonceClaim::keep`]). Any other
+/// end forgets it where it was remembered, so the provider's verbatim retry
+/// can pass: an error answer ([`NonceClaim::release`], before answering), or
+/// the request cancelled at an `.await` (the client went away: hyper drops
+/// the handler's future, and this with it). Forgetting the nonce of an
+/// outcome that did get recorded costs nothing: the retry is a duplicate.
+struct NonceClaim {
+    app: App,
+    /// `None` once kept or released.
+    nonce: Option<String>,
+}
+
+impl NonceClaim {
+    /// The nonce stays used.
+    fn keep(mut self) {
+        self.nonce = None;
+    }
+
+    /// Forgets the nonce before the answer is sent, so a retry right after
+    /// it finds the nonce gone.
+    async fn release(mut self) {
+        let Some(nonce) = self.nonce.take() else {
+            return;
+        };
+        if let Err(e) = self.app.backplane.forget_nonce(&self.app.hub, &nonce).await {
+            log::debug!(
+                "cannot forget the nonce of a callback not recorded: {}",
+                e.0
+            );
+        }
+    }
+}
+
+impl Drop for NonceClaim {
+    fn drop(&mut self) {
+        if let Some(nonce) = self.nonce.take() {
+            self.app.backplane.forget_nonce_later(&self.app.hub, nonce);
         }
     }
 }
@@ -209,6 +265,9 @@ fn store_failed(e: StoreError) -> ApiError {
 fn not_recorded(app: &App, error: RecordError) -> ApiError {
     match error {
         RecordError::Redis(e) => unavailable(e),
+        RecordError::NoReplica => {
+            ApiError::Unavailable("no Redis Cluster replica acknowledged the outcome in time")
+        }
         RecordError::Refused(Refusal::Store(e)) => store_failed(e),
         RecordError::Refused(Refusal::Full) => {
             app.metrics.outcome_refused();
@@ -220,32 +279,22 @@ fn not_recorded(app: &App, error: RecordError) -> ApiError {
 /// `/pay-callback`: authenticates and parses the request, records the
 /// outcome (first one wins) and pushes it to every waiting stream.
 pub async fn callback(request: CallbackRequest, app: App) -> Result<Response, Rejection> {
-    let (nonce, nonce_stored) = request.authenticate(&app).await?;
-    let Callback {
-        pay_record_id: id,
-        status,
-    } = request.parse()?;
-    let recorded = match app
-        .backplane
-        .record(&app.hub, Outcome::new(id, status))
-        .await
-    {
-        // The nonce went to the store before the outcome, so this rarely
-        // waits; a replay after a restart must still be refused.
-        Ok(completion) => nonce_stored
-            .wait()
-            .await
-            .map(|()| completion)
-            .map_err(|e| RecordError::Refused(Refusal::Store(e))),
-        Err(e) => Err(e),
-    };
-    let completion = recorded.map_err(|e| {
-        // Not recorded: the provider's retry of this very request must pass.
-        if let Some(nonce) = &nonce {
-            app.hub.forget_nonce(nonce);
+    let (claim, nonce_stored) = request.authenticate(&app).await?;
+    let (id, status, completion) = match record_callback(&request, &app, nonce_stored).await {
+        Ok(recorded) => {
+            if let Some(claim) = claim {
+                claim.keep();
+            }
+            recorded
         }
-        not_recorded(&app, e)
-    })?;
+        Err(e) => {
+            // Not recorded: the provider's retry of this very request must pass.
+            if let Some(claim) = claim {
+                claim.release().await;
+            }
+            return Err(e.into());
+        }
+    };
     let (outcome, duplicate) = match completion {
         Completion::Recorded { outcome, notified } => {
             log::info!("callback {id} {status}: recorded, {notified} streams notified");
@@ -277,17 +326,48 @@ pub async fn callback(request: CallbackRequest, app: App) -> Result<Response, Re
     Ok(warp::reply::json(&CallbackJson::new(&outcome, duplicate)).into_response())
 }
 
+/// Parses a callback and records its outcome (the nonce made durable
+/// too): the payment, the status asked for and what became of it.
+async fn record_callback(
+    request: &CallbackRequest,
+    app: &App,
+    nonce_stored: Stored,
+) -> Result<(PayRecordId, Status, Completion), ApiError> {
+    let Callback {
+        pay_record_id: id,
+        status,
+    } = request.parse()?;
+    let recorded = match app
+        .backplane
+        .record(&app.hub, Outcome::new(id, status))
+        .await
+    {
+        // The nonce went to the store before the outcome, so this rarely
+        // waits; a replay after a restart must still be refused.
+        Ok(completion) => nonce_stored
+            .wait()
+            .await
+            .map(|()| completion)
+            .map_err(|e| RecordError::Refused(Refusal::Store(e))),
+        Err(e) => Err(e),
+    };
+    let completion = recorded.map_err(|e| not_recorded(app, e))?;
+    Ok((id, status, completion))
+}
+
 /// `GET /healthz`
 pub async fn healthz() -> Result<Response, Rejection> {
     Ok(warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response())
 }
 
-/// `GET /readyz`: ready to accept callbacks (in Redis mode: Redis answers
-/// and the subscriber connection is up).
+/// `GET /readyz`: `200` only when a callback for a new payment would be
+/// answered `200` (see [`crate::backplane::Backplane::ready`]); else
+/// `503 not_ready` saying which condition fails.
 pub async fn readyz(app: App) -> Result<Response, Rejection> {
-    if !app.hub.ready() || !app.backplane.ready().await {
-        return Err(ApiError::NotReady.into());
-    }
+    app.backplane
+        .ready(&app.hub)
+        .await
+        .map_err(ApiError::NotReady)?;
     Ok(warp::reply::json(&serde_json::json!({ "status": "ready" })).into_response())
 }
 

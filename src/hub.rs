@@ -373,10 +373,22 @@ impl Hub {
         self.shared.store.as_ref()
     }
 
-    /// Whether new outcomes can be recorded: always without a store, else
-    /// while the store writes.
-    pub fn ready(&self) -> bool {
-        self.store().is_none_or(Store::is_healthy)
+    /// Whether new outcomes can be made durable: always without a store,
+    /// else while the store writes; if not, why.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if self.store().is_none_or(Store::is_healthy) {
+            Ok(())
+        } else {
+            Err("the outcome store (the data folder) cannot write")
+        }
+    }
+
+    /// Whether [`Limits::max_outcomes`] outcomes are remembered, so that
+    /// [`Hub::complete`] refuses every new one. Meaningful only where this
+    /// hub decides outcomes (memory mode): in Redis modes it only counts
+    /// what its waiters were handed.
+    pub fn is_full(&self) -> bool {
+        self.lock().recorded_outcomes >= self.shared.limits.max_outcomes
     }
 
     /// Registers an SSE stream for `id`, or returns its recorded outcome.

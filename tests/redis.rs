@@ -495,6 +495,89 @@ async fn replayed_nonce_is_caught_on_another_instance() {
     assert_replay_refused_across(&a, &b, path).await;
 }
 
+/// Sends the GET callback `path` with the signature `headers`, as a
+/// provider (re)sends it: verbatim.
+async fn send_signed(app: &TestApp, path: &str, headers: &[(String, String)]) -> reqwest::Response {
+    let mut request = app.client.get(app.url(path));
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    request.send().await.unwrap()
+}
+
+/// Its status, and its body when it is not the expected one.
+async fn status_and_body(answer: reqwest::Response) -> (u16, String) {
+    let status = answer.status().as_u16();
+    (status, answer.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_signed_callback_answered_503_is_recorded_when_retried_verbatim() {
+    let secret = ["--callback-secret", "shared-secret"];
+    let Some((redis, [a, b])) = cluster(
+        "a_signed_callback_answered_503_is_recorded_when_retried_verbatim",
+        &secret,
+    )
+    .await
+    else {
+        return;
+    };
+    let mut stream = b.push_pending("8").await;
+    let path = "/pay-callback?payRecordId=8&status=SUCCESS";
+    let headers = helpers::paypush_sign(None, &["--secret", "shared-secret", "--path", path]);
+
+    // The nonce's SET is allowed, the record script is not: a real failure
+    // of the record step after the nonce was remembered.
+    let _: String = redis
+        .command(&["ACL", "SETUSER", "default", "-eval", "-evalsha"])
+        .await
+        .unwrap();
+    let (status, body) = status_and_body(send_signed(&a, path, &headers).await).await;
+    assert_eq!(status, 503, "{body}");
+
+    let _: String = redis
+        .command(&["ACL", "SETUSER", "default", "+eval", "+evalsha"])
+        .await
+        .unwrap();
+    let (status, body) = status_and_body(send_signed(&a, path, &headers).await).await;
+    assert_eq!(status, 200, "the verbatim retry: {body}");
+    let outcome = stream.next_event().await.expect("the outcome on B");
+    assert_eq!(outcome.json()["status"], "SUCCESS");
+}
+
+#[tokio::test]
+async fn a_signed_callback_whose_client_went_away_can_be_retried_verbatim() {
+    let secret = ["--callback-secret", "shared-secret"];
+    let Some((redis, [a])) = cluster(
+        "a_signed_callback_whose_client_went_away_can_be_retried_verbatim",
+        &secret,
+    )
+    .await
+    else {
+        return;
+    };
+    let mut stream = a.push_pending("9").await;
+    let path = "/pay-callback?payRecordId=9&status=FAILED";
+    let headers = helpers::paypush_sign(None, &["--secret", "shared-secret", "--path", path]);
+
+    // Writes wait (shorter than paypush's Redis timeout, so no 503): the
+    // nonce's SET is sent and waits in Redis while the client gives up
+    // and closes; it runs once the pause ends.
+    let _: String = redis
+        .command(&["CLIENT", "PAUSE", "800", "WRITE"])
+        .await
+        .unwrap();
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(200), send_signed(&a, path, &headers)).await;
+    assert!(gave_up.is_err(), "answered while Redis was paused");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+
+    let (status, body) = status_and_body(send_signed(&a, path, &headers).await).await;
+    assert_eq!(status, 200, "the verbatim retry: {body}");
+    let outcome = stream.next_event().await.expect("the outcome");
+    assert_eq!(outcome.json()["status"], "FAILED");
+}
+
 /// The shipped proxy example `deploy/<file>` with its ports swapped: the
 /// two upstreams for these instances, the listener for `port`.
 fn deploy_config(file: &str, upstreams: [&TestApp; 2], port: u16) -> String {

@@ -19,7 +19,9 @@
 //!   locally waiting payment is subscribed again (one `SSUBSCRIBE` per
 //!   channel: one with many channels is `CROSSSLOT`, which is what breaks
 //!   redis-rs's own resubscription) and its outcome re-read. `/readyz` is
-//!   `503` until that is done, and while any primary does not answer.
+//!   `503` until that is done, and until each shard takes a probe write
+//!   that (where it has a replica) a replica acknowledges within the
+//!   callbacks' `WAIT`: ready means a callback would be answered `200`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,15 +34,13 @@ use futures_util::{stream, StreamExt};
 use prometheus::{IntCounter, IntGauge};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{
-    MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
-};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{AsyncCommands, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, watch, Notify, OnceCell};
 
 use super::{
-    decode_value, deliver, encode_message, encode_value, millis, with_timeout, Unavailable,
-    CATCH_UP_BATCH, NONCE_KEY, RECONNECT_BACKOFF, REDIS_TIMEOUT,
+    decode_value, deliver, encode_message, encode_value, millis, with_timeout, RecordError,
+    Unavailable, CATCH_UP_BATCH, NONCE_KEY, RECONNECT_BACKOFF, REDIS_TIMEOUT,
 };
 use crate::hub::Hub;
 use crate::model::{Outcome, PayRecordId};
@@ -65,6 +65,13 @@ const PIPELINE_DEPTH: usize = 256;
 const OUTCOME_KEY: &str = "paypush:outcome:";
 /// Prefix of payment channels; the payment id follows as a hash tag.
 const CHANNEL: &str = "paypush:outcomes:";
+/// Prefix of the readiness probes' keys; a hash tag that picks the slot
+/// follows.
+const PROBE_KEY: &str = "paypush:ready:";
+/// How long a readiness probe's key lives: it only needs to be written.
+const PROBE_TTL: Duration = Duration::from_secs(10);
+/// Why paypush is not ready when a shard's primary does not answer.
+const PRIMARY_UNREACHABLE: &str = "a Redis Cluster shard's primary cannot be reached";
 
 /// Records an outcome unless one exists and publishes it (sharded) only if
 /// recorded. Returns nil when it recorded, else the value already recorded,
@@ -98,8 +105,10 @@ impl FromStr for RedisNodes {
         if nodes.is_empty() {
             return Err("no node given".into());
         }
-        for node in &nodes {
-            redis::Client::open(node.as_str()).map_err(|e| format!("not a Redis URL: {e}"))?;
+        for (n, node) in nodes.iter().enumerate() {
+            // Which one, by place: the node itself may hold a password.
+            redis::Client::open(node.as_str())
+                .map_err(|e| format!("node {} is not a Redis URL: {e}", n + 1))?;
         }
         Ok(RedisNodes(nodes))
     }
@@ -151,6 +160,11 @@ pub struct Cluster {
     /// Live replicas of each slot's shard, from `CLUSTER SHARDS`; `None`
     /// until first read (then every callback waits for a replica).
     replicas: Mutex<Option<Arc<[u8]>>>,
+    /// One slot of each shard (from `CLUSTER SHARDS`), where readiness
+    /// probes each shard's primary and replica.
+    shard_slots: Mutex<Arc<[u16]>>,
+    /// The readiness probes' connection, so their `WAIT`s hold up no callback.
+    probe: OnceCell<ClusterConnection>,
     channels_gauge: IntGauge,
     messages: IntCounter,
 }
@@ -205,6 +219,8 @@ impl Cluster {
             breaks: AtomicU64::new(0),
             broken: Notify::new(),
             replicas: Mutex::new(None),
+            shard_slots: Mutex::new(Arc::new([])),
+            probe: OnceCell::new(),
             channels_gauge: metrics.channels,
             messages: metrics.messages,
         })
@@ -264,7 +280,7 @@ impl Cluster {
         &self,
         hub: &Hub,
         outcome: &Outcome,
-    ) -> Result<(Option<Outcome>, usize), Unavailable> {
+    ) -> Result<(Option<Outcome>, usize), RecordError> {
         let mut commands = self.commands().await?;
         let id = outcome.pay_record_id;
         let mut invocation = self.record.key(outcome_key(id));
@@ -285,19 +301,19 @@ impl Cluster {
         let conflict = existing
             .as_ref()
             .is_some_and(|e| e.status != outcome.status);
-        if !conflict {
-            self.wait_for_replica(&mut commands, slot(id)).await?;
+        if !conflict && !self.wait_for_replica(&mut commands, slot(id)).await? {
+            return Err(RecordError::NoReplica);
         }
         Ok((existing, notified))
     }
 
     /// `WAIT 1` on the connection that wrote, where `slot`'s shard has an
-    /// online replica.
+    /// online replica: false when none acknowledged within [`REPLICA_WAIT`].
     async fn wait_for_replica(
         &self,
         commands: &mut ClusterConnection,
         slot: u16,
-    ) -> Result<(), Unavailable> {
+    ) -> Result<bool, Unavailable> {
         let replicas = self
             .replicas
             .lock()
@@ -305,7 +321,7 @@ impl Cluster {
             .as_ref()
             .map(|replicas| replicas[usize::from(slot)]);
         if replicas == Some(0) {
-            return Ok(());
+            return Ok(true);
         }
         let mut wait = redis::cmd("WAIT");
         wait.arg(1).arg(millis(REPLICA_WAIT));
@@ -314,12 +330,7 @@ impl Cluster {
             SlotAddr::Master,
         )));
         let acknowledged = with_timeout(commands.route_command(&wait, route)).await?;
-        match acknowledged {
-            Value::Int(n) if n >= 1 => Ok(()),
-            _ => Err(Unavailable(format!(
-                "no replica acknowledged within {REPLICA_WAIT:?}"
-            ))),
-        }
+        Ok(matches!(acknowledged, Value::Int(n) if n >= 1))
     }
 
     /// Subscribes to `id`'s channel (confirmed) unless it is already, then
@@ -348,7 +359,7 @@ impl Cluster {
 
     /// `SET NX PX` of a signed callback's nonce: true when it is new.
     pub async fn remember_nonce(&self, nonce: &str, memory: Duration) -> Result<bool, Unavailable> {
-        let mut commands = self.commands().await?;
+        let mut commands = self.nonce_commands(nonce).await?;
         let options = redis::SetOptions::default()
             .conditional_set(redis::ExistenceCheck::NX)
             .with_expiration(redis::SetExpiry::PX(millis(memory)));
@@ -357,30 +368,74 @@ impl Cluster {
         Ok(set.is_some())
     }
 
-    /// Whether callbacks can be accepted: subscribed and caught up, the
-    /// shards' replicas known, and every primary answers.
-    pub async fn ready(&self) -> bool {
+    /// `DEL` of a nonce remembered for a callback that was not recorded.
+    pub async fn forget_nonce(&self, nonce: &str) -> Result<(), Unavailable> {
+        let mut commands = self.nonce_commands(nonce).await?;
+        with_timeout(commands.del::<_, ()>(format!("{NONCE_KEY}{nonce}"))).await
+    }
+
+    /// The command connection of `nonce`'s `SET` and `DEL`: always the same
+    /// one, so its node runs a `DEL` after a `SET` still in flight (e.g.
+    /// when the callback's client went away while it was).
+    async fn nonce_commands(&self, nonce: &str) -> Result<ClusterConnection, Unavailable> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(nonce, &mut hasher);
+        let connections = u64::try_from(self.commands.len()).unwrap_or(1);
+        let turn = usize::try_from(std::hash::Hasher::finish(&hasher) % connections).unwrap_or(0);
+        let connection = with_timeout(
+            self.commands[turn].get_or_try_init(|| self.commands_client.get_async_connection()),
+        )
+        .await?;
+        Ok(connection.clone())
+    }
+
+    /// Whether a callback for a new payment would be answered `200`, else
+    /// why not: subscribed and caught up, the shards known, and on each
+    /// shard a probe write that its primary takes and, where the shard has
+    /// a replica, one acknowledges (`WAIT`) as a callback's outcome must be.
+    pub async fn ready(&self) -> Result<(), &'static str> {
         if !self.healthy.load(Ordering::Relaxed) {
-            return false;
+            return Err("the Redis Cluster subscriber is not subscribed and caught up");
         }
-        if self
+        let known = self
             .replicas
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_none()
-        {
-            return false;
+            .is_some();
+        let shard_slots = self
+            .shard_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !known || shard_slots.is_empty() {
+            return Err("the Redis Cluster's shards are not known yet");
         }
-        let Ok(mut commands) = self.commands().await else {
-            return false;
-        };
-        let all_primaries = RoutingInfo::MultiNode((
-            MultipleNodeRoutingInfo::AllMasters,
-            Some(ResponsePolicy::AllSucceeded),
-        ));
-        with_timeout(commands.route_command(&redis::cmd("PING"), all_primaries))
+        let probes =
+            futures_util::future::join_all(shard_slots.iter().map(|&slot| self.probe_shard(slot)))
+                .await;
+        probes.into_iter().collect()
+    }
+
+    /// Writes a probe key in `slot` and waits for a replica as
+    /// [`Cluster::record`] does, on the probe connection.
+    async fn probe_shard(&self, slot: u16) -> Result<(), &'static str> {
+        let mut probe = with_timeout(
+            self.probe
+                .get_or_try_init(|| self.commands_client.get_async_connection()),
+        )
+        .await
+        .map_err(|_| PRIMARY_UNREACHABLE)?
+        .clone();
+        let options =
+            redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(millis(PROBE_TTL)));
+        with_timeout(probe.set_options::<_, _, ()>(probe_key(slot), 1, options))
             .await
-            .is_ok()
+            .map_err(|_| PRIMARY_UNREACHABLE)?;
+        match self.wait_for_replica(&mut probe, slot).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("no replica of a Redis Cluster shard acknowledges writes in time"),
+            Err(_) => Err(PRIMARY_UNREACHABLE),
+        }
     }
 
     fn lock_channels(&self) -> MutexGuard<'_, HashMap<PayRecordId, Channel>> {
@@ -620,7 +675,10 @@ impl Cluster {
         let shards = with_timeout(commands.route_command(&shards_cmd, random)).await?;
         let replicas = replicas_per_slot(&shards)
             .ok_or_else(|| Unavailable("unreadable CLUSTER SHARDS".into()))?;
+        let shard_slots =
+            first_slots(&shards).ok_or_else(|| Unavailable("unreadable CLUSTER SHARDS".into()))?;
         *self.replicas.lock().unwrap_or_else(|p| p.into_inner()) = Some(replicas);
+        *self.shard_slots.lock().unwrap_or_else(|p| p.into_inner()) = shard_slots;
         Ok(())
     }
 }
@@ -732,10 +790,37 @@ fn payment_of_channel(channel: &str) -> Option<PayRecordId> {
     PayRecordId::parse(id.strip_suffix('}')?).ok()
 }
 
-/// The hash slot of `id`'s key and channel: CRC16 (XMODEM) of the hash tag,
-/// modulo the slot count, as Redis Cluster computes it.
+/// The hash slot of `id`'s key and channel.
 fn slot(id: PayRecordId) -> u16 {
-    let crc = id.to_string().bytes().fold(0u16, |mut crc, byte| {
+    hash_slot(&id.to_string())
+}
+
+/// A readiness probe's key in `slot`, from a table of one hash tag per
+/// slot, built on first use (some 170 000 CRCs, milliseconds, once).
+fn probe_key(slot: u16) -> String {
+    static TAGS: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![u32::MAX; SLOTS];
+        let mut missing = SLOTS;
+        let mut n = 0u32;
+        while missing > 0 && n < u32::MAX {
+            let tag = &mut tags[usize::from(hash_slot(&n.to_string()))];
+            if *tag == u32::MAX {
+                *tag = n;
+                missing -= 1;
+            }
+            n += 1;
+        }
+        tags
+    });
+    let tag = tags.get(usize::from(slot)).copied().unwrap_or_default();
+    format!("{PROBE_KEY}{{{tag}}}")
+}
+
+/// The hash slot of a key whose hash tag is `tag`: CRC16 (XMODEM) of the
+/// tag, modulo the slot count, as Redis Cluster computes it.
+fn hash_slot(tag: &str) -> u16 {
+    let crc = tag.bytes().fold(0u16, |mut crc, byte| {
         crc ^= u16::from(byte) << 8;
         for _ in 0..8 {
             crc = if crc & 0x8000 != 0 {
@@ -768,6 +853,22 @@ fn fields(value: &Value) -> Vec<(String, &Value)> {
 
 fn field<'a>(fields: &[(String, &'a Value)], name: &str) -> Option<&'a Value> {
     fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+}
+
+/// From `CLUSTER SHARDS`: the first slot of each shard that has slots.
+fn first_slots(shards: &Value) -> Option<Arc<[u16]>> {
+    let Value::Array(shards) = shards else {
+        return None;
+    };
+    let mut first = Vec::new();
+    for shard in shards {
+        let shard = fields(shard);
+        let slots: Vec<u16> = redis::from_redis_value(field(&shard, "slots")?).ok()?;
+        if let Some(&slot) = slots.first() {
+            first.push(slot);
+        }
+    }
+    Some(first.into())
 }
 
 /// From `CLUSTER SHARDS`: how many replicas of each slot's shard are not
@@ -818,6 +919,15 @@ mod tests {
         assert_eq!(slot(id), 0x31C3);
         // `CLUSTER KEYSLOT paypush:outcome:{1}` says 9842.
         assert_eq!(slot(PayRecordId::parse("1").unwrap()), 9842);
+    }
+
+    #[test]
+    fn probe_keys_land_in_their_slot() {
+        for slot in [0, 1, 9842, 16_383] {
+            let key = probe_key(slot);
+            let tag = key.split_once('{').and_then(|(_, t)| t.strip_suffix('}'));
+            assert_eq!(tag.map(hash_slot), Some(slot), "{key}");
+        }
     }
 
     #[test]

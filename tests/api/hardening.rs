@@ -362,6 +362,32 @@ async fn an_invalid_redis_url_is_reported_with_its_password_hidden() {
     }
 }
 
+#[tokio::test]
+async fn an_invalid_redis_cluster_node_list_is_reported_with_every_password_hidden() {
+    let nodes = "redis://u:goodsecret@127.0.0.1:7000,redis://u:badsecret@127.0.0.1:x";
+    for (flags, env) in [
+        (vec!["--redis-cluster", nodes], vec![]),
+        (vec![], vec![("PAYPUSH_REDIS_CLUSTER", nodes)]),
+    ] {
+        let dir = temp_dir();
+        let output = paypush_command(dir.path())
+            .args(["--bind", "127.0.0.1:0"])
+            .args(&flags)
+            .envs(env)
+            .current_dir(dir.path())
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !stderr.contains("goodsecret") && !stderr.contains("badsecret"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("redis://u:***@127.0.0.1:x"), "{stderr}");
+    }
+}
+
 /// The start-up warning about a missing subscribe secret.
 const OPEN_STREAMS_WARNING: &str = "no subscribe secret";
 
@@ -478,4 +504,28 @@ async fn a_body_that_stalls_over_h2c_gets_408_json() {
     assert_eq!(answer.headers()["x-content-type-options"], "nosniff");
     let body: serde_json::Value = answer.json().await.unwrap();
     assert_eq!(body["error"], "request_timeout");
+}
+
+#[tokio::test]
+async fn readyz_is_503_naming_max_outcomes_while_every_new_outcome_is_refused() {
+    for store in [&[][..], &["--in-memory"]] {
+        let mut flags = vec!["--max-outcomes", "2", "--outcome-ttl", "1s"];
+        flags.extend_from_slice(store);
+        let app = spawn_app(&flags).await;
+        assert_eq!(app.get("/readyz").await.status(), 200, "{flags:?}");
+        for id in ["1", "2"] {
+            assert_eq!(app.callback(id, None).await.status(), 200);
+        }
+        let full = app.get("/readyz").await;
+        assert_eq!(full.status(), 503, "{flags:?}");
+        let json: serde_json::Value = full.json().await.unwrap();
+        assert_eq!(json["error"], "not_ready");
+        assert!(
+            json["message"].as_str().unwrap().contains("--max-outcomes"),
+            "{flags:?}: {json}"
+        );
+        // Ready again once the outcomes expire and make room.
+        tokio::time::sleep(Duration::from_millis(1_300)).await;
+        assert_eq!(app.get("/readyz").await.status(), 200, "{flags:?}");
+    }
 }

@@ -19,7 +19,7 @@ use tokio::process::{Child, Command};
 mod churn;
 
 use super::helpers::{refused_at_start, spawn_app, EventStream, TestApp, PATIENCE};
-use super::{assert_replay_refused_across, have, wait_until_ready};
+use super::{assert_replay_refused_across, have, send_signed, status_and_body, wait_until_ready};
 
 /// A cluster node's bus port is its port + 10 000, at most 65 535.
 const MAX_NODE_PORT: u16 = 55_535;
@@ -106,6 +106,14 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     async fn start() -> RedisCluster {
+        let cluster = RedisCluster::create().await;
+        cluster.wait_until_formed().await;
+        cluster
+    }
+
+    /// Joined by `redis-cli --cluster create`, but not waited for: the
+    /// replicas may still be syncing.
+    async fn create() -> RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..6 {
             nodes.push(Node::start().await);
@@ -121,9 +129,7 @@ impl RedisCluster {
             .await
             .expect("run redis-cli --cluster create");
         assert!(status.success(), "redis-cli --cluster create failed");
-        let cluster = RedisCluster { nodes };
-        cluster.wait_until_formed().await;
-        cluster
+        RedisCluster { nodes }
     }
 
     /// Until every live node says `cluster_state:ok`, knows the others, and
@@ -469,6 +475,151 @@ async fn cluster_replayed_nonce_is_refused_on_another_instance() {
     };
     let path = "/pay-callback?payRecordId=77";
     assert_replay_refused_across(&a, &b, path).await;
+}
+
+impl RedisCluster {
+    /// Sends `signal` (`STOP`, `CONT`) to the node on `port`.
+    fn signal(&self, port: u16, signal: &str) {
+        let pid = self
+            .nodes
+            .iter()
+            .find(|n| n.port == port)
+            .and_then(|n| n.child.as_ref()?.id())
+            .expect("a live node");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// The port of the replica of the primary on `port`.
+    async fn replica_of(&self, port: u16) -> u16 {
+        let replication: String = command(port, &["INFO", "replication"]).await.unwrap();
+        replication
+            .lines()
+            .find_map(|l| l.strip_prefix("slave0:"))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("port=")))
+            .and_then(|p| p.parse().ok())
+            .expect("a replica")
+    }
+
+    /// Runs `ACL SETUSER default <rules>` on every live node.
+    async fn set_default_user(&self, rules: &[&str]) {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let mut args = vec!["ACL", "SETUSER", "default"];
+            args.extend_from_slice(rules);
+            let _: String = command(node.port, &args).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn cluster_signed_callback_answered_503_is_recorded_when_retried_verbatim() {
+    let secret = ["--callback-secret", "shared-secret"];
+    let Some((redis, [a, b])) = cluster("cluster_signed_callback_retried", &secret).await else {
+        return;
+    };
+    let id = payment(3_000);
+    let mut stream = b.push_pending(&id).await;
+    let path = format!("/pay-callback?payRecordId={id}&status=CLOSED");
+    let headers =
+        super::helpers::paypush_sign(None, &["--secret", "shared-secret", "--path", &path]);
+
+    // The nonce's SET is allowed, the record script is not.
+    redis.set_default_user(&["-eval", "-evalsha"]).await;
+    let (status, body) = status_and_body(send_signed(&a, &path, &headers).await).await;
+    assert_eq!(status, 503, "{body}");
+
+    redis.set_default_user(&["+eval", "+evalsha"]).await;
+    // Retried as a provider does while it is 503 (a WAIT may time out on
+    // this busy machine): never a 401.
+    let mut answer = (503, String::new());
+    for _ in 0..20 {
+        answer = status_and_body(send_signed(&a, &path, &headers).await).await;
+        if answer.0 != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answer.0, 200, "the verbatim retry: {}", answer.1);
+    let outcome = stream.next_event().await.expect("the outcome on B");
+    assert_eq!(outcome.json()["status"], "CLOSED");
+}
+
+#[tokio::test]
+async fn cluster_ready_right_after_start_means_callbacks_across_all_slots_are_200() {
+    let test = "cluster_ready_right_after_start";
+    if !have("redis-server", "redis-server", test) || !have("redis-cli", "redis-tools", test) {
+        return;
+    }
+    // paypush starts as soon as the cluster is joined: its replicas are
+    // still syncing, which /readyz must see.
+    let redis = RedisCluster::create().await;
+    let seeds = redis.seeds();
+    let flags = ["--redis-cluster", seeds.as_str()];
+    let instances = join_all((0..3).map(|_| spawn_app(&flags))).await;
+    const PER_INSTANCE: usize = 60;
+    let answers = join_all(instances.iter().enumerate().map(|(n, app)| async move {
+        // Polled closely, and the callbacks sent the moment it says 200.
+        let deadline = tokio::time::Instant::now() + CLUSTER_PATIENCE;
+        while app.get("/readyz").await.status() != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        join_all((0..PER_INSTANCE).map(|i| async move {
+            let id = payment(5_000 + n * PER_INSTANCE + i);
+            let answer = app.callback(&id, Some("SUCCESS")).await;
+            let code = answer.status().as_u16();
+            (id, code, answer.text().await.unwrap_or_default())
+        }))
+        .await
+    }))
+    .await;
+    let refused: Vec<_> = answers
+        .iter()
+        .flatten()
+        .filter(|(_, code, _)| *code != 200)
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} of {} callbacks refused right after ready, e.g. {:?}",
+        refused.len(),
+        3 * PER_INSTANCE,
+        refused.first()
+    );
+}
+
+#[tokio::test]
+async fn cluster_callback_no_replica_acknowledges_is_503_saying_so() {
+    let Some((redis, [a])) = cluster("cluster_callback_no_replica_acknowledges", &[]).await else {
+        return;
+    };
+    let primary = redis.primaries().await[0];
+    let replica = redis.replica_of(primary).await;
+    // A payment whose slot that primary holds (the others answer MOVED).
+    let mut id = None;
+    for i in 0.. {
+        let key = format!("paypush:outcome:{{{}}}", payment(6_000 + i));
+        if command::<Option<String>>(primary, &["GET", &key])
+            .await
+            .is_ok()
+        {
+            id = Some(payment(6_000 + i));
+            break;
+        }
+    }
+    let id = id.expect("a payment of that primary");
+
+    // The replica stops answering (before the cluster could call it failed).
+    redis.signal(replica, "STOP");
+    let answer = a.callback(&id, Some("SUCCESS")).await;
+    redis.signal(replica, "CONT");
+    let (status, body) = status_and_body(answer).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("replica"), "says why: {body}");
+    assert!(!body.contains("cannot be reached"), "{body}");
 }
 
 #[tokio::test]
