@@ -32,8 +32,10 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::{self, Either, Ready};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -41,10 +43,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tower::ServiceBuilder;
 use tower_http::set_header::SetResponseHeaderLayer;
-use warp::http::{header, HeaderValue};
+use warp::http::{header, HeaderValue, Request, Version};
+use warp::reply::{Reply, Response};
 
 use crate::app::App;
 use crate::cors::ListedOrigins;
+use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::preface::{self, NoProtocol, Prefixed, Protocol};
 use crate::{refusals, routes, ws};
@@ -86,6 +90,13 @@ pub const H2_STREAM_GRACE: Duration = HEADER_READ_TIMEOUT;
 /// so before it is dropped: a peer that never reads cannot hold it.
 const FINISH_DEADLINE: Duration = SHUTDOWN_GRACE;
 
+/// HTTP/2 streams in flight on all connections at once, as a multiple of
+/// the waiter limit: each waiter is one, and the rest (callbacks, pages)
+/// end at once unless their client grants no window. Past it, a new
+/// stream is answered `503` at once, so streams that a client never reads
+/// cannot pile up across many connections until their deadline.
+pub const H2_STREAMS_PER_WAITER_SLOT: usize = 2;
+
 /// The two protocols' connection settings.
 #[derive(Clone)]
 struct Builders {
@@ -93,10 +104,12 @@ struct Builders {
     h2_max_streams: u32,
     /// Every HTTP/2 stream's deadline: see [`H2_STREAM_GRACE`].
     h2_stream_deadline: Duration,
+    /// HTTP/2 streams in flight on every connection.
+    h2_streams: Arc<AtomicUsize>,
 }
 
 impl Builders {
-    fn new(h2_max_streams: u32, push_timeout: Duration) -> Builders {
+    fn new(h2_max_streams: u32, push_timeout: Duration, h2_streams: Arc<AtomicUsize>) -> Builders {
         let mut h1 = http1::Builder::new();
         h1.max_buf_size(MAX_HEADER_BYTES)
             // One flat write buffer per connection: SSE events are a few
@@ -110,6 +123,7 @@ impl Builders {
             http1: h1,
             h2_max_streams,
             h2_stream_deadline: push_timeout.saturating_add(H2_STREAM_GRACE),
+            h2_streams,
         }
     }
 
@@ -118,6 +132,7 @@ impl Builders {
     fn http2(&self, streams: Arc<OpenStreams>) -> http2::Builder<StreamExecutor> {
         let executor = StreamExecutor {
             deadline: self.h2_stream_deadline,
+            all_streams: self.h2_streams.clone(),
             streams,
         };
         let mut h2 = http2::Builder::new(executor);
@@ -165,11 +180,12 @@ impl OpenStreams {
     }
 }
 
-/// Counts a stream open until dropped.
-struct StreamGuard(Arc<OpenStreams>);
+/// Counts a stream open until dropped, on its connection and in all.
+struct StreamGuard(Arc<OpenStreams>, Arc<AtomicUsize>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        self.1.fetch_sub(1, Ordering::Relaxed);
         self.0.count.fetch_sub(1, Ordering::SeqCst);
         self.0.changed.notify_waiters();
     }
@@ -183,6 +199,8 @@ impl Drop for StreamGuard {
 #[derive(Clone)]
 struct StreamExecutor {
     deadline: Duration,
+    /// Every connection's streams, for [`StreamBudget`].
+    all_streams: Arc<AtomicUsize>,
     streams: Arc<OpenStreams>,
 }
 
@@ -191,9 +209,10 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, stream: F) {
+        self.all_streams.fetch_add(1, Ordering::Relaxed);
         self.streams.count.fetch_add(1, Ordering::SeqCst);
         self.streams.changed.notify_waiters();
-        let guard = StreamGuard(self.streams.clone());
+        let guard = StreamGuard(self.streams.clone(), self.all_streams.clone());
         let deadline = self.deadline;
         tokio::spawn(async move {
             if tokio::time::timeout(deadline, stream).await.is_err() {
@@ -201,6 +220,42 @@ where
             }
             drop(guard);
         });
+    }
+}
+
+/// A service that answers a new HTTP/2 request `503 over_capacity` at once
+/// while the streams in flight on all connections are over `limit` (see
+/// [`H2_STREAMS_PER_WAITER_SLOT`]); other requests go to `inner`.
+#[derive(Clone)]
+struct StreamBudget<S> {
+    inner: S,
+    h2_streams: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl<S, B> tower::Service<Request<B>> for StreamBudget<S>
+where
+    S: tower::Service<Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let over = request.version() == Version::HTTP_2
+            && self.h2_streams.load(Ordering::Relaxed) > self.limit;
+        if over {
+            refusals::refused(
+                "h2_streams",
+                "too many HTTP/2 streams in flight; a new one is answered 503".into(),
+            );
+            return Either::Left(future::ready(Ok(ApiError::OverCapacity.into_response())));
+        }
+        Either::Right(self.inner.call(request))
     }
 }
 
@@ -281,6 +336,12 @@ pub async fn run_metrics(
 /// accepting, ends every open stream and waits up to [`SHUTDOWN_GRACE`] for
 /// connections to close.
 pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
+    let h2_streams = Arc::new(AtomicUsize::new(0));
+    let h2_limit = app
+        .hub
+        .limits()
+        .max_streams
+        .saturating_mul(H2_STREAMS_PER_WAITER_SLOT);
     let service = ServiceBuilder::new()
         // Outermost: CORS preflight answers get it too.
         .layer(SetResponseHeaderLayer::overriding(
@@ -294,10 +355,19 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
         // instead of the whole filter tree (an `App` per route), and a
         // request's filter future is freed once its response has started,
         // instead of staying in hyper's per-connection in-flight slot.
+        .layer_fn(|inner| StreamBudget {
+            inner,
+            h2_streams: h2_streams.clone(),
+            limit: h2_limit,
+        })
         .service(warp::service(warp::Filter::boxed(routes::routes(
             app.clone(),
         ))));
-    let builders = Builders::new(app.config.h2_max_streams, app.config.push_timeout);
+    let builders = Builders::new(
+        app.config.h2_max_streams,
+        app.config.push_timeout,
+        h2_streams.clone(),
+    );
     // Flips to true on shutdown: every connection is then asked to finish.
     let (stop, stopping) = watch::channel(false);
     // Every connection holds a clone; `recv` answers `None` once all are gone.

@@ -561,3 +561,36 @@ async fn slow_heads_and_bodies_and_crowded_payments_leave_the_service_whole() {
     .await;
     assert_whole("slow clients", &server, PATIENCE).await;
 }
+
+#[tokio::test]
+async fn http2_streams_that_clients_never_read_are_bounded_across_connections() {
+    // 10 waiter slots: at most 20 HTTP/2 streams in flight on all connections.
+    let server = server(&["--max-streams", "10"]).await;
+    let mut statuses = Vec::new();
+    let mut held = Vec::new();
+    let mut clients = Vec::new();
+    under_attack("h2c, zero window, many connections", &server, 10, async {
+        for _ in 0..10 {
+            let client = h2c_reading_nothing(&server).await;
+            for _ in 0..5 {
+                let mut client = client.clone().ready().await.expect("ready");
+                let request = http::Request::get(format!("http://{}/healthz", server.addr))
+                    .body(())
+                    .unwrap();
+                let (response, _) = client.send_request(request, true).expect("send");
+                let response = response.await.expect("a head");
+                statuses.push(response.status().as_u16());
+                held.push(response);
+            }
+            clients.push(client);
+        }
+    })
+    .await;
+    let refused = statuses.iter().filter(|s| **s == 503).count();
+    assert!(
+        (25..=30).contains(&refused),
+        "50 unread streams, at most 20 (+1 per racing connection) kept: {statuses:?}"
+    );
+    drop((held, clients));
+    assert_whole("h2c, zero window, many connections", &server, PATIENCE).await;
+}
