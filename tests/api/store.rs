@@ -313,11 +313,12 @@ async fn a_last_record_cut_in_half_is_dropped_and_the_rest_kept() {
 #[tokio::test]
 async fn a_store_that_cannot_write_answers_503_stays_up_and_loses_no_200() {
     let dir = temp_dir();
-    // A file-size limit of 2 KiB, with SIGXFSZ ignored so that writes past
-    // it fail with EFBIG instead of killing the process.
+    // A file-size limit of 2 KiB, and SIGXFSZ left at its default (which
+    // kills): paypush itself ignores it, so writes past the limit fail with
+    // EFBIG and take the 503 path.
     let mut limited = tokio::process::Command::new("bash");
     limited
-        .args(["-c", r#"ulimit -f 2; trap '' XFSZ; exec "$0" "$@""#])
+        .args(["-c", r#"trap - XFSZ; ulimit -f 2; exec "$0" "$@""#])
         .arg(env!("CARGO_BIN_EXE_paypush"))
         .current_dir(dir.path())
         .kill_on_drop(true);
@@ -325,9 +326,15 @@ async fn a_store_that_cannot_write_answers_503_stays_up_and_loses_no_200() {
     let mut answered = HashMap::new();
     let mut refusal = None;
     for id in 1..=1_000u64 {
-        let response = reqwest::get(server.url(&format!("/pay-callback?payRecordId={id}")))
+        let response = match reqwest::get(server.url(&format!("/pay-callback?payRecordId={id}")))
             .await
-            .unwrap();
+        {
+            Ok(response) => response,
+            Err(e) => {
+                let exit = tokio::time::timeout(Duration::from_secs(2), server.child.wait()).await;
+                panic!("callback {id} got no answer ({e}); paypush: {exit:?}");
+            }
+        };
         let (status, retry_after) = (
             response.status().as_u16(),
             response.headers().get("retry-after").cloned(),
