@@ -28,9 +28,18 @@
 //!   [`segment_span`], so the folder holds about
 //!   `rate × record size × (max(TTL, nonce memory) + span)`.
 //! - **Torn writes.** Each record carries its length and a CRC-32 (see
-//!   [`record`]); at start-up the first record that is cut short or fails its
-//!   checksum ends its file: it and what follows are dropped with a warning
-//!   (the file is truncated there), everything before is kept.
+//!   [`record`]). At start-up, a record that is cut short or fails its
+//!   checksum with nothing valid after it is a torn tail (a crash mid-write,
+//!   never answered `200`): it is dropped with a warning (the file is
+//!   truncated there), everything before is kept.
+//! - **Damage is not a torn write.** A bad record with valid records after
+//!   it (a bit flip, a bad sector) held answered outcomes on both sides:
+//!   reading resumes at the next offset where a record's length and CRC
+//!   check out, an ERROR names the file and offset, the file as found is
+//!   kept beside it as `<segment>.damaged-<unix ms>` (not a segment: never
+//!   read or expired; the newest [`MAX_DAMAGED_COPIES`] are kept), and the
+//!   segment is replaced (written beside it, renamed over it) by its valid
+//!   records, so the next start reads it clean.
 //! - **Failed writes are never retried as if they succeeded.** After a failed
 //!   `write` or `fdatasync` the page cache may hold data the disk does not,
 //!   so the segment is abandoned (cut back to its last stored record, so the
@@ -47,7 +56,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -113,6 +122,17 @@ const GATHER: Duration = Duration::from_micros(150);
 const LOCK_FILE: &str = "LOCK";
 /// Segment files' extension.
 const SEGMENT_EXTENSION: &str = "seg";
+/// Between a damaged segment's name and the time in its copy's name
+/// (`<unix ms>.seg.damaged-<unix ms>`): not a segment's extension, so the
+/// store never reads or expires a copy.
+const DAMAGED_INFIX: &str = ".damaged-";
+/// How many copies of damaged segments the folder keeps (the newest): a
+/// failing disk must not fill it with copies.
+const MAX_DAMAGED_COPIES: usize = 8;
+/// Appended to a segment's name while its repaired version is written.
+const REPAIR_SUFFIX: &str = ".repair";
+/// Every file the store creates is private: owner read and write only.
+const FILE_MODE: u32 = 0o600;
 
 /// How long one segment takes new records: an eighth of the outcome TTL,
 /// from one second to one minute (a segment of nonces simply waits for
@@ -533,19 +553,36 @@ impl Writer {
 }
 
 /// Reads every segment of the folder, oldest first: the live records, and
-/// the segments to keep. Expired segments are deleted; a torn or corrupt
-/// record ends its file, which is truncated there.
+/// the segments to keep. Expired segments are deleted; a torn tail is cut
+/// off, a damaged record skipped (see [`read_segment`]). Leftovers of an
+/// interrupted repair are deleted, and the oldest copies of damaged segments
+/// beyond [`MAX_DAMAGED_COPIES`].
 fn read_folder(config: &StoreConfig) -> io::Result<(Replay, VecDeque<Closed>)> {
-    let mut paths: Vec<PathBuf> = fs::read_dir(&config.dir)?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == SEGMENT_EXTENSION))
-        .collect();
+    let mut paths = Vec::new();
+    let mut copies = Vec::new();
+    for entry in fs::read_dir(&config.dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+            continue;
+        };
+        if is_segment_name(name) {
+            paths.push(path);
+        } else if let Some(millis) = damaged_copy_millis(name) {
+            copies.push((millis, path));
+        } else if name
+            .strip_suffix(REPAIR_SUFFIX)
+            .is_some_and(is_segment_name)
+        {
+            // A repair cut short: the segment it came from is still whole.
+            fs::remove_file(&path)?;
+        }
+    }
     paths.sort();
     let now = unix_millis(SystemTime::now());
     let mut replay = Replay::default();
     let mut kept = VecDeque::new();
     for path in paths {
-        let Some((records, bytes)) = read_segment(&path)? else {
+        let Some((records, bytes)) = read_segment(&path, &mut copies)? else {
             continue;
         };
         let expires = records
@@ -568,14 +605,68 @@ fn read_folder(config: &StoreConfig) -> io::Result<(Replay, VecDeque<Closed>)> {
             bytes,
         });
     }
+    delete_oldest_copies(copies)?;
     // Written in nearly this order already: a cheap sort.
     replay.records.sort_by_key(Record::time);
     Ok((replay, kept))
 }
 
-/// One segment's records and its size after any truncation; `None` for a
-/// file that is not a segment (skipped) or an empty one (deleted).
-fn read_segment(path: &Path) -> io::Result<Option<(Vec<Record>, u64)>> {
+/// The time in a damaged copy's name (`<segment>.seg.damaged-<unix ms>`);
+/// `None` for any other name.
+fn damaged_copy_millis(name: &str) -> Option<u64> {
+    let (segment, millis) = name.rsplit_once(DAMAGED_INFIX)?;
+    is_segment_name(segment)
+        .then(|| millis.parse().ok())
+        .flatten()
+}
+
+/// True for a segment's file name (`<unix ms>.seg`).
+fn is_segment_name(name: &str) -> bool {
+    Path::new(name)
+        .extension()
+        .is_some_and(|ext| ext == SEGMENT_EXTENSION)
+}
+
+/// Keeps the newest [`MAX_DAMAGED_COPIES`] copies of damaged segments.
+fn delete_oldest_copies(mut copies: Vec<(u64, PathBuf)>) -> io::Result<()> {
+    if copies.len() <= MAX_DAMAGED_COPIES {
+        return Ok(());
+    }
+    copies.sort();
+    let excess = copies.len() - MAX_DAMAGED_COPIES;
+    for (_, path) in copies.drain(..excess) {
+        log::warn!(
+            "store: deleted {}, keeping the newest {MAX_DAMAGED_COPIES} copies of damaged segments",
+            path.display()
+        );
+        fs::remove_file(&path)?;
+    }
+    Ok(())
+}
+
+/// A stretch of a segment's bytes that is not a valid record.
+struct BadBytes {
+    /// Where it starts in the file.
+    offset: usize,
+    /// Where the next valid record starts; `None` for a tail.
+    next: Option<usize>,
+    /// Torn (the file ends inside it) or corrupt, as the reader saw it.
+    torn: bool,
+}
+
+/// One segment's records and its size after any repair; `None` for a file
+/// that is not a segment (skipped) or an empty one (deleted).
+///
+/// A bad record with nothing valid after it is a torn tail: the file is
+/// truncated there, with a warning. A bad record with valid records after
+/// it is damage: reading resumes at the next valid record, a copy of the
+/// file as found is kept beside it (and its name pushed on `copies`), an
+/// ERROR names the file and the offset, and the segment is rewritten
+/// without the bad bytes so the next start reads it clean.
+fn read_segment(
+    path: &Path,
+    copies: &mut Vec<(u64, PathBuf)>,
+) -> io::Result<Option<(Vec<Record>, u64)>> {
     let bytes = fs::read(path)?;
     if bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes) {
         // Created but never written: nothing to keep.
@@ -590,6 +681,7 @@ fn read_segment(path: &Path) -> io::Result<Option<(Vec<Record>, u64)>> {
         return Ok(None);
     }
     let mut records = Vec::new();
+    let mut bad = Vec::new();
     let mut offset = MAGIC.len();
     while offset < bytes.len() {
         match Record::decode(&bytes[offset..]) {
@@ -597,25 +689,103 @@ fn read_segment(path: &Path) -> io::Result<Option<(Vec<Record>, u64)>> {
                 records.push(record);
                 offset += used;
             }
-            bad @ (Read::Torn | Read::Corrupt) => {
-                let what = if bad == Read::Torn {
-                    "a torn"
-                } else {
-                    "a corrupt"
-                };
-                log::warn!(
-                    "store: {} ends with {what} record at byte {offset} (a write cut short by a crash); \
-                     dropped {} bytes, kept the {} records before it",
-                    path.display(),
-                    bytes.len() - offset,
-                    records.len()
-                );
-                let file = OpenOptions::new().write(true).open(path)?;
-                file.set_len(offset as u64)?;
-                file.sync_all()?;
-                break;
+            read @ (Read::Torn | Read::Corrupt) => {
+                let next = record::next_record(&bytes, offset + 1);
+                bad.push(BadBytes {
+                    offset,
+                    next,
+                    torn: read == Read::Torn,
+                });
+                match next {
+                    Some(next) => offset = next,
+                    None => break,
+                }
             }
         }
     }
-    Ok(Some((records, offset as u64)))
+    let tail = bad.last().filter(|bad| bad.next.is_none());
+    if let Some(tail) = tail {
+        let what = if tail.torn { "a torn" } else { "a corrupt" };
+        log::warn!(
+            "store: {} ends with {what} record at byte {} (a write cut short by a crash); \
+             dropped its last {} bytes, kept the {} records before it",
+            path.display(),
+            tail.offset,
+            bytes.len() - tail.offset,
+            records.len(),
+        );
+    }
+    if bad.iter().all(|bad| bad.next.is_none()) {
+        // At most a torn tail: cut it off in place.
+        let Some(tail) = tail else {
+            return Ok(Some((records, bytes.len() as u64)));
+        };
+        let file = OpenOptions::new().write(true).open(path)?;
+        file.set_len(tail.offset as u64)?;
+        file.sync_all()?;
+        return Ok(Some((records, tail.offset as u64)));
+    }
+    let copy = keep_damaged_copy(path, &bytes)?;
+    for damage in &bad {
+        let Some(next) = damage.next else { continue };
+        log::error!(
+            "store: {} has a damaged record at byte {} with valid records after it \
+             (a bit flip or a bad sector, not a torn write): skipped {} bytes to the next \
+             valid record, at byte {next}; the file as found is kept as {}",
+            path.display(),
+            damage.offset,
+            next - damage.offset,
+            copy.1.display(),
+        );
+    }
+    copies.push(copy);
+    // The file less its bad stretches: every valid record, in order.
+    let mut repaired = Vec::with_capacity(bytes.len());
+    let mut good_from = 0;
+    for damage in &bad {
+        repaired.extend_from_slice(&bytes[good_from..damage.offset]);
+        good_from = damage.next.unwrap_or(bytes.len());
+    }
+    repaired.extend_from_slice(&bytes[good_from..]);
+    replace_segment(path, &repaired)?;
+    Ok(Some((records, repaired.len() as u64)))
+}
+
+/// Writes `bytes` (a damaged segment as found) beside it as
+/// `<segment>.damaged-<unix ms>`, private and durable; returns its time and path.
+fn keep_damaged_copy(path: &Path, bytes: &[u8]) -> io::Result<(u64, PathBuf)> {
+    let millis = unix_millis(SystemTime::now());
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!("{DAMAGED_INFIX}{millis}"));
+    let copy = PathBuf::from(name);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&copy)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    Ok((millis, copy))
+}
+
+/// Replaces the segment at `path` with `bytes`, atomically: written beside
+/// it, synced, renamed over it, and the folder synced.
+fn replace_segment(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(REPAIR_SUFFIX);
+    let repair = PathBuf::from(name);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&repair)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    fs::rename(&repair, path)?;
+    if let Some(folder) = path.parent() {
+        File::open(folder)?.sync_all()?;
+    }
+    Ok(())
 }

@@ -235,8 +235,6 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 
 /// The segment whose last record is payment `id`'s outcome.
 fn segment_ending_with(dir: &Path, id: u64) -> PathBuf {
-    // An outcome record: length and CRC (8 bytes), tag, id, status, time.
-    const OUTCOME_RECORD: usize = 8 + 1 + 8 + 1 + 8;
     segments(dir)
         .into_iter()
         .find(|path| {
@@ -308,6 +306,173 @@ async fn a_last_record_cut_in_half_is_dropped_and_the_rest_kept() {
         assert!(is_duplicate(&server, id).await, "payment {id} was lost");
     }
     assert!(!is_duplicate(&server, 5).await, "the torn record came back");
+}
+
+/// Bytes before the first record of a segment (its magic).
+const SEGMENT_MAGIC: usize = 8;
+/// An outcome record: length and CRC (8 bytes), tag, id, status, time.
+const OUTCOME_RECORD: usize = 8 + 1 + 8 + 1 + 8;
+
+/// The files in `folder` whose names start with `prefix`.
+fn files_starting_with(folder: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with(prefix))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Records payments 1..=5 (one segment of five outcome records), stops,
+/// flips bit `bit` of byte `byte` of record `damaged` (1 to 5), restarts, and
+/// checks that every other payment is still served, that a copy of the
+/// damaged file lies beside it, and that an ERROR names the file and the
+/// record's offset; then restarts again: no new copy, no new ERROR.
+async fn a_flipped_bit_loses_only_its_record(damaged: u64, byte: usize, bit: u8) {
+    let dir = temp_dir();
+    let folder = dir.path().join("paypush-data");
+    let mut server = start_in(dir.path(), &[]).await;
+    let mut answered = HashMap::new();
+    for id in 1..=5u64 {
+        let (status, json) = get(&server.url(&format!("/pay-callback?payRecordId={id}"))).await;
+        assert_eq!(status, 200);
+        answered.insert(id, json["completedAt"].as_str().unwrap().to_string());
+    }
+    server.stop("TERM").await;
+    let segment = segment_ending_with(&folder, 5);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    assert_eq!(
+        bytes.len(),
+        SEGMENT_MAGIC + 5 * OUTCOME_RECORD,
+        "one segment"
+    );
+    let offset = SEGMENT_MAGIC + (damaged as usize - 1) * OUTCOME_RECORD;
+    bytes[offset + byte] ^= 1 << bit;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let mut server = start_in(dir.path(), &[]).await;
+    let name = segment.file_name().unwrap().to_str().unwrap().to_string();
+    let logged = server.logged();
+    let error = logged
+        .lines()
+        .find(|line| line.contains("ERROR"))
+        .unwrap_or_else(|| panic!("no ERROR:\n{logged}"));
+    assert!(error.contains(&name), "{error}");
+    assert!(error.contains(&format!("byte {offset}")), "{error}");
+    let copies = files_starting_with(&folder, &format!("{name}.damaged-"));
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(std::fs::read(&copies[0]).unwrap(), bytes, "the copy");
+    let others: HashMap<u64, String> = answered
+        .into_iter()
+        .filter(|(id, _)| *id != damaged)
+        .collect();
+    for (id, completed_at) in &others {
+        let (status, polled) = get(&server.url(&format!("/status?payRecordId={id}"))).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            polled["status"], "SUCCESS",
+            "payment {id} was lost: {polled}"
+        );
+        assert_eq!(polled["completedAt"], completed_at.as_str(), "payment {id}");
+    }
+    let (_, polled) = get(&server.url(&format!("/status?payRecordId={damaged}"))).await;
+    assert_eq!(polled["status"], "PENDING", "the damaged record was read");
+    assert_all_recorded(&server, &others).await;
+    server.stop("TERM").await;
+
+    let server = start_in(dir.path(), &[]).await;
+    assert!(!server.logged().contains("ERROR"), "{}", server.logged());
+    assert_eq!(
+        files_starting_with(&folder, &format!("{name}.damaged-")),
+        copies
+    );
+    assert_all_recorded(&server, &others).await;
+}
+
+#[tokio::test]
+async fn a_flipped_bit_in_the_first_records_payload_loses_only_that_record() {
+    // The lowest byte of the payment id.
+    a_flipped_bit_loses_only_its_record(1, 9, 0).await;
+}
+
+#[tokio::test]
+async fn a_flipped_bit_in_a_middle_records_checksum_loses_only_that_record() {
+    a_flipped_bit_loses_only_its_record(2, 5, 3).await;
+}
+
+#[tokio::test]
+async fn a_flipped_bit_in_a_middle_records_length_loses_only_that_record() {
+    // 18 becomes 82: longer than any record.
+    a_flipped_bit_loses_only_its_record(3, 0, 6).await;
+}
+
+#[tokio::test]
+async fn a_middle_record_whose_length_reaches_past_the_end_is_not_a_torn_tail() {
+    // 18 becomes 50: record 4 seems to end past the end of the file, as a
+    // torn write does, but a valid record follows it.
+    a_flipped_bit_loses_only_its_record(4, 0, 5).await;
+}
+
+#[tokio::test]
+async fn a_flipped_bit_in_the_last_record_is_a_torn_tail_dropped_with_a_warning() {
+    // Nothing valid follows it: it cannot be told from a write cut short.
+    let dir = temp_dir();
+    let server = restart_after_damage(dir.path(), |segment| {
+        let mut bytes = std::fs::read(segment).unwrap();
+        let last = bytes.len() - OUTCOME_RECORD;
+        bytes[last + 12] ^= 0x10;
+        std::fs::write(segment, bytes).unwrap();
+    })
+    .await;
+    let logged = server.logged();
+    assert!(logged.contains("WARN"), "{logged}");
+    assert!(!logged.contains("ERROR"), "{logged}");
+    let files = files_starting_with(&dir.path().join("paypush-data"), "");
+    assert!(
+        files
+            .iter()
+            .all(|path| !path.to_string_lossy().contains(".damaged-")),
+        "a torn tail is cut as before, not kept: {files:?}"
+    );
+    for id in 1..=4 {
+        assert!(is_duplicate(&server, id).await, "payment {id} was lost");
+    }
+    assert!(
+        !is_duplicate(&server, 5).await,
+        "the damaged record came back"
+    );
+}
+
+#[tokio::test]
+async fn copies_of_damaged_segments_are_bounded_and_leftovers_of_a_repair_deleted() {
+    use std::os::unix::fs::DirBuilderExt;
+
+    let dir = temp_dir();
+    let folder = dir.path().join("paypush-data");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&folder)
+        .unwrap();
+    let segment = "00000000000000000001.seg";
+    for millis in 1..=20 {
+        std::fs::write(folder.join(format!("{segment}.damaged-{millis}")), b"x").unwrap();
+    }
+    std::fs::write(folder.join(format!("{segment}.repair")), b"PAYPUSH1").unwrap();
+    let server = start_in(dir.path(), &[]).await;
+    let kept: Vec<String> = files_starting_with(&folder, segment)
+        .iter()
+        .map(|path| path.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    // The eight newest copies, and no leftover of the repair.
+    let newest: Vec<String> = (13..=20)
+        .map(|millis| format!("{segment}.damaged-{millis}"))
+        .collect();
+    assert_eq!(kept, newest, "{}", server.logged());
 }
 
 #[tokio::test]
