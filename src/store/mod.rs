@@ -49,6 +49,14 @@
 //!   again the store reports itself unhealthy (`/readyz` is `503`).
 //! - **One process per folder.** A lock on `LOCK` (`flock`) held for the
 //!   writer's life; a second paypush on the folder refuses to start.
+//! - **A private folder.** Whoever can write to the folder can plant a
+//!   segment that marks a payment paid at the next start. So paypush refuses
+//!   (before writing anything there) a folder, or the folder a symbolic link
+//!   leads to, that group or others can write to or that another user owns;
+//!   it creates every file `0600` (segments, `LOCK`, damaged copies), and
+//!   makes private any file an older version left readable. A folder others
+//!   may only read and enter (`0755`) is accepted: it shows file names, not
+//!   their contents.
 
 pub mod record;
 
@@ -56,7 +64,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -133,6 +141,10 @@ const MAX_DAMAGED_COPIES: usize = 8;
 const REPAIR_SUFFIX: &str = ".repair";
 /// Every file the store creates is private: owner read and write only.
 const FILE_MODE: u32 = 0o600;
+/// The permission bits of a mode (set-id and sticky bits included).
+const PERMISSION_BITS: u32 = 0o7777;
+/// Write permission for group and others: a folder with either is refused.
+const WRITABLE_BY_OTHERS: u32 = 0o022;
 
 /// How long one segment takes new records: an eighth of the outcome TTL,
 /// from one second to one minute (a segment of nonces simply waits for
@@ -163,6 +175,19 @@ impl fmt::Display for StoreError {
 pub enum OpenError {
     /// Another process holds the folder's lock.
     Locked(PathBuf),
+    /// The folder (or the folder its link points to) is writable by group
+    /// or others, or owned by another user: anyone who can write there can
+    /// plant a segment that marks a payment paid at the next start.
+    NotPrivate {
+        /// The folder as configured.
+        dir: PathBuf,
+        /// Where it leads, when it is a symbolic link.
+        target: Option<PathBuf>,
+        /// Its permission bits.
+        mode: u32,
+        /// Its owner, when not paypush's effective user (`uid`).
+        owner: Option<(u32, u32)>,
+    },
     /// The folder cannot be created, read or locked.
     Io(PathBuf, io::Error),
 }
@@ -175,6 +200,31 @@ impl fmt::Display for OpenError {
                 "the data folder {} is in use by another paypush process",
                 dir.display()
             ),
+            OpenError::NotPrivate {
+                dir,
+                target,
+                mode,
+                owner,
+            } => {
+                write!(f, "refusing the data folder {}", dir.display())?;
+                let folder = target.as_deref().unwrap_or(dir);
+                if let Some(target) = target {
+                    write!(f, " (a link to {})", target.display())?;
+                }
+                match owner {
+                    Some((owner, uid)) => write!(
+                        f,
+                        ": mode {mode:04o}, owned by uid {owner}, not by paypush's user \
+                         (uid {uid}); give it to that user (chown) or choose another folder"
+                    ),
+                    None => write!(
+                        f,
+                        ": mode {mode:04o} lets group or others write to it \
+                         (chmod go-w {})",
+                        folder.display()
+                    ),
+                }
+            }
             OpenError::Io(dir, e) => write!(f, "cannot use the data folder {}: {e}", dir.display()),
         }
     }
@@ -224,7 +274,8 @@ struct Shared {
 impl Store {
     /// Opens (creating it, mode 0700, if missing) and locks the folder,
     /// reads back its live records, and starts the writer thread.
-    /// `sync_seconds` observes every `fdatasync`.
+    /// Refuses a folder that is not private (see [`check_private`]) before
+    /// writing anything in it. `sync_seconds` observes every `fdatasync`.
     pub fn open(
         config: StoreConfig,
         sync_seconds: Histogram,
@@ -236,12 +287,16 @@ impl Store {
             .mode(0o700)
             .create(&dir)
             .map_err(io_error)?;
+        check_private(&dir)?;
+        let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(dir.join(LOCK_FILE))
+            .mode(FILE_MODE)
+            .open(&lock_path)
             .map_err(io_error)?;
+        make_private(&lock_path).map_err(io_error)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(dir)),
@@ -498,6 +553,7 @@ impl Writer {
         let mut file = OpenOptions::new()
             .create_new(true)
             .append(true)
+            .mode(FILE_MODE)
             .open(&path)?;
         file.write_all(MAGIC)?;
         if self.config.durability == Durability::Disk {
@@ -552,6 +608,53 @@ impl Writer {
     }
 }
 
+/// Refuses a folder that group or others can write to, or that another
+/// user owns: following a symbolic link, it checks the folder it leads to.
+/// A folder others may read (`0755`) is accepted: the files in it are
+/// `0600`.
+fn check_private(dir: &Path) -> Result<(), OpenError> {
+    let io_error = |e| OpenError::Io(dir.to_path_buf(), e);
+    let metadata = fs::metadata(dir).map_err(io_error)?;
+    let is_link = fs::symlink_metadata(dir)
+        .map_err(io_error)?
+        .file_type()
+        .is_symlink();
+    let mode = metadata.permissions().mode() & PERMISSION_BITS;
+    let uid = effective_uid();
+    let owner = (metadata.uid() != uid).then_some((metadata.uid(), uid));
+    if mode & WRITABLE_BY_OTHERS == 0 && owner.is_none() {
+        return Ok(());
+    }
+    let target = if is_link {
+        Some(fs::canonicalize(dir).map_err(io_error)?)
+    } else {
+        None
+    };
+    Err(OpenError::NotPrivate {
+        dir: dir.to_path_buf(),
+        target,
+        mode,
+        owner,
+    })
+}
+
+/// paypush's effective user id: the owner of every file it creates.
+fn effective_uid() -> u32 {
+    // SAFETY: `geteuid` takes nothing, touches no memory and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Takes group and others' access away from a file an older paypush (or
+/// a copy) left readable; true when it had to.
+fn make_private(path: &Path) -> io::Result<bool> {
+    let mode = fs::metadata(path)?.permissions().mode();
+    if mode & !FILE_MODE & PERMISSION_BITS == 0 {
+        return Ok(false);
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(FILE_MODE))?;
+    Ok(true)
+}
+
 /// Reads every segment of the folder, oldest first: the live records, and
 /// the segments to keep. Expired segments are deleted; a torn tail is cut
 /// off, a damaged record skipped (see [`read_segment`]). Leftovers of an
@@ -581,6 +684,18 @@ fn read_folder(config: &StoreConfig) -> io::Result<(Replay, VecDeque<Closed>)> {
     let now = unix_millis(SystemTime::now());
     let mut replay = Replay::default();
     let mut kept = VecDeque::new();
+    let mut made_private = 0;
+    for path in paths.iter().chain(copies.iter().map(|(_, path)| path)) {
+        if make_private(path)? {
+            made_private += 1;
+        }
+    }
+    if made_private > 0 {
+        log::warn!(
+            "store: {made_private} files in {} were readable by others; made them private (0600)",
+            config.dir.display()
+        );
+    }
     for path in paths {
         let Some((records, bytes)) = read_segment(&path, &mut copies)? else {
             continue;
