@@ -229,8 +229,8 @@ fn warn_about_secrets_on_the_command_line(matches: &ArgMatches) {
 /// kernel kills a process that writes past it (`SIGXFSZ`); ignored, the
 /// write fails with `EFBIG` instead. Called first, before anything writes.
 fn ignore_file_size_signal() {
-    // SAFETY: `signal` with `SIG_IGN` installs no handler code, and runs
-    // before paypush writes any file.
+    // SAFETY: `SIG_IGN` installs no handler, so no code of ours ever runs
+    // in signal context; nothing else in paypush sets SIGXFSZ's disposition.
     let previous = unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     if previous == libc::SIG_ERR {
         // Logging is not set up yet; this cannot fail for a valid signal.

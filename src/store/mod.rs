@@ -30,10 +30,11 @@
 //! - **Torn writes.** Each record carries its length and a CRC-32 (see
 //!   [`record`]). At start-up, a record that is cut short or fails its
 //!   checksum with nothing valid after it is a torn tail (a crash mid-write,
-//!   never answered `200`): it is dropped with a warning (the file is
-//!   truncated there), everything before is kept.
+//!   whose batch was never answered `200`; a bit flip in a file's last
+//!   record cannot be told from one): it is dropped with a warning (the file
+//!   is truncated there), everything before is kept.
 //! - **Damage is not a torn write.** A bad record with valid records after
-//!   it (a bit flip, a bad sector) held answered outcomes on both sides:
+//!   it (a bit flip, a bad sector) has answered records on both sides:
 //!   reading resumes at the next offset where a record's length and CRC
 //!   check out, an ERROR names the file and offset, the file as found is
 //!   kept beside it as `<segment>.damaged-<unix ms>` (not a segment: never
@@ -274,7 +275,7 @@ struct Shared {
 impl Store {
     /// Opens (creating it, mode 0700, if missing) and locks the folder,
     /// reads back its live records, and starts the writer thread.
-    /// Refuses a folder that is not private (see [`check_private`]) before
+    /// Refuses a folder that is not private (see `check_private`) before
     /// writing anything in it. `sync_seconds` observes every `fdatasync`.
     pub fn open(
         config: StoreConfig,
