@@ -77,7 +77,7 @@ impl App {
                 };
                 let (store, replay) = Store::open(store_config, metrics.store_sync_seconds())
                     .map_err(|e| StartError {
-                        usage: matches!(e, OpenError::Locked(_)),
+                        usage: matches!(e, OpenError::Locked(_) | OpenError::NotPrivate { .. }),
                         message: e.to_string(),
                     })?;
                 Hub::with_store(limits, store, replay.records)

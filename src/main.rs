@@ -1,5 +1,6 @@
-//! The `paypush` binary: parse the configuration, set up logging, raise the
-//! open-file limit, bind, and serve until SIGINT or SIGTERM.
+//! The `paypush` binary: ignore `SIGXFSZ`, parse the configuration, set up
+//! logging, raise the open-file limit, bind, and serve until SIGINT or
+//! SIGTERM.
 
 use std::process::ExitCode;
 
@@ -35,6 +36,7 @@ const EXIT_FAILURE: u8 = 1;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    ignore_file_size_signal();
     let parsed = Cli::command()
         .try_get_matches()
         .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
@@ -219,6 +221,20 @@ fn warn_about_secrets_on_the_command_line(matches: &ArgMatches) {
         if on_command_line(sub, "secret") {
             log::warn!("a secret given on the command line shows in ps and shell history; use the environment variable instead");
         }
+    }
+}
+
+/// A file-size limit (`RLIMIT_FSIZE`, `ulimit -f`) must be a failed write
+/// like a full disk: the store answers `503` and stays up. By default the
+/// kernel kills a process that writes past it (`SIGXFSZ`); ignored, the
+/// write fails with `EFBIG` instead. Called first, before anything writes.
+fn ignore_file_size_signal() {
+    // SAFETY: `SIG_IGN` installs no handler, so no code of ours ever runs
+    // in signal context; nothing else in paypush sets SIGXFSZ's disposition.
+    let previous = unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    if previous == libc::SIG_ERR {
+        // Logging is not set up yet; this cannot fail for a valid signal.
+        eprintln!("warning: cannot ignore SIGXFSZ: a file-size limit would kill paypush");
     }
 }
 

@@ -28,9 +28,19 @@
 //!   [`segment_span`], so the folder holds about
 //!   `rate × record size × (max(TTL, nonce memory) + span)`.
 //! - **Torn writes.** Each record carries its length and a CRC-32 (see
-//!   [`record`]); at start-up the first record that is cut short or fails its
-//!   checksum ends its file: it and what follows are dropped with a warning
-//!   (the file is truncated there), everything before is kept.
+//!   [`record`]). At start-up, a record that is cut short or fails its
+//!   checksum with nothing valid after it is a torn tail (a crash mid-write,
+//!   whose batch was never answered `200`; a bit flip in a file's last
+//!   record cannot be told from one): it is dropped with a warning (the file
+//!   is truncated there), everything before is kept.
+//! - **Damage is not a torn write.** A bad record with valid records after
+//!   it (a bit flip, a bad sector) has answered records on both sides:
+//!   reading resumes at the next offset where a record's length and CRC
+//!   check out, an ERROR names the file and offset, the file as found is
+//!   kept beside it as `<segment>.damaged-<unix ms>` (not a segment: never
+//!   read or expired; the newest [`MAX_DAMAGED_COPIES`] are kept), and the
+//!   segment is replaced (written beside it, renamed over it) by its valid
+//!   records, so the next start reads it clean.
 //! - **Failed writes are never retried as if they succeeded.** After a failed
 //!   `write` or `fdatasync` the page cache may hold data the disk does not,
 //!   so the segment is abandoned (cut back to its last stored record, so the
@@ -40,6 +50,14 @@
 //!   again the store reports itself unhealthy (`/readyz` is `503`).
 //! - **One process per folder.** A lock on `LOCK` (`flock`) held for the
 //!   writer's life; a second paypush on the folder refuses to start.
+//! - **A private folder.** Whoever can write to the folder can plant a
+//!   segment that marks a payment paid at the next start. So paypush refuses
+//!   (before writing anything there) a folder, or the folder a symbolic link
+//!   leads to, that group or others can write to or that another user owns;
+//!   it creates every file `0600` (segments, `LOCK`, damaged copies), and
+//!   makes private any file an older version left readable. A folder others
+//!   may only read and enter (`0755`) is accepted: it shows file names, not
+//!   their contents.
 
 pub mod record;
 
@@ -47,7 +65,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -113,6 +131,21 @@ const GATHER: Duration = Duration::from_micros(150);
 const LOCK_FILE: &str = "LOCK";
 /// Segment files' extension.
 const SEGMENT_EXTENSION: &str = "seg";
+/// Between a damaged segment's name and the time in its copy's name
+/// (`<unix ms>.seg.damaged-<unix ms>`): not a segment's extension, so the
+/// store never reads or expires a copy.
+const DAMAGED_INFIX: &str = ".damaged-";
+/// How many copies of damaged segments the folder keeps (the newest): a
+/// failing disk must not fill it with copies.
+const MAX_DAMAGED_COPIES: usize = 8;
+/// Appended to a segment's name while its repaired version is written.
+const REPAIR_SUFFIX: &str = ".repair";
+/// Every file the store creates is private: owner read and write only.
+const FILE_MODE: u32 = 0o600;
+/// The permission bits of a mode (set-id and sticky bits included).
+const PERMISSION_BITS: u32 = 0o7777;
+/// Write permission for group and others: a folder with either is refused.
+const WRITABLE_BY_OTHERS: u32 = 0o022;
 
 /// How long one segment takes new records: an eighth of the outcome TTL,
 /// from one second to one minute (a segment of nonces simply waits for
@@ -143,6 +176,19 @@ impl fmt::Display for StoreError {
 pub enum OpenError {
     /// Another process holds the folder's lock.
     Locked(PathBuf),
+    /// The folder (or the folder its link points to) is writable by group
+    /// or others, or owned by another user: anyone who can write there can
+    /// plant a segment that marks a payment paid at the next start.
+    NotPrivate {
+        /// The folder as configured.
+        dir: PathBuf,
+        /// Where it leads, when it is a symbolic link.
+        target: Option<PathBuf>,
+        /// Its permission bits.
+        mode: u32,
+        /// Its owner, when not paypush's effective user (`uid`).
+        owner: Option<(u32, u32)>,
+    },
     /// The folder cannot be created, read or locked.
     Io(PathBuf, io::Error),
 }
@@ -155,6 +201,31 @@ impl fmt::Display for OpenError {
                 "the data folder {} is in use by another paypush process",
                 dir.display()
             ),
+            OpenError::NotPrivate {
+                dir,
+                target,
+                mode,
+                owner,
+            } => {
+                write!(f, "refusing the data folder {}", dir.display())?;
+                let folder = target.as_deref().unwrap_or(dir);
+                if let Some(target) = target {
+                    write!(f, " (a link to {})", target.display())?;
+                }
+                match owner {
+                    Some((owner, uid)) => write!(
+                        f,
+                        ": mode {mode:04o}, owned by uid {owner}, not by paypush's user \
+                         (uid {uid}); give it to that user (chown) or choose another folder"
+                    ),
+                    None => write!(
+                        f,
+                        ": mode {mode:04o} lets group or others write to it \
+                         (chmod go-w {})",
+                        folder.display()
+                    ),
+                }
+            }
             OpenError::Io(dir, e) => write!(f, "cannot use the data folder {}: {e}", dir.display()),
         }
     }
@@ -204,7 +275,8 @@ struct Shared {
 impl Store {
     /// Opens (creating it, mode 0700, if missing) and locks the folder,
     /// reads back its live records, and starts the writer thread.
-    /// `sync_seconds` observes every `fdatasync`.
+    /// Refuses a folder that is not private (see `check_private`) before
+    /// writing anything in it. `sync_seconds` observes every `fdatasync`.
     pub fn open(
         config: StoreConfig,
         sync_seconds: Histogram,
@@ -216,12 +288,16 @@ impl Store {
             .mode(0o700)
             .create(&dir)
             .map_err(io_error)?;
+        check_private(&dir)?;
+        let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(dir.join(LOCK_FILE))
+            .mode(FILE_MODE)
+            .open(&lock_path)
             .map_err(io_error)?;
+        make_private(&lock_path).map_err(io_error)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(dir)),
@@ -478,6 +554,7 @@ impl Writer {
         let mut file = OpenOptions::new()
             .create_new(true)
             .append(true)
+            .mode(FILE_MODE)
             .open(&path)?;
         file.write_all(MAGIC)?;
         if self.config.durability == Durability::Disk {
@@ -532,20 +609,96 @@ impl Writer {
     }
 }
 
+/// Refuses a folder that group or others can write to, or that another
+/// user owns: following a symbolic link, it checks the folder it leads to.
+/// A folder others may read (`0755`) is accepted: the files in it are
+/// `0600`.
+fn check_private(dir: &Path) -> Result<(), OpenError> {
+    let io_error = |e| OpenError::Io(dir.to_path_buf(), e);
+    let metadata = fs::metadata(dir).map_err(io_error)?;
+    let is_link = fs::symlink_metadata(dir)
+        .map_err(io_error)?
+        .file_type()
+        .is_symlink();
+    let mode = metadata.permissions().mode() & PERMISSION_BITS;
+    let uid = effective_uid();
+    let owner = (metadata.uid() != uid).then_some((metadata.uid(), uid));
+    if mode & WRITABLE_BY_OTHERS == 0 && owner.is_none() {
+        return Ok(());
+    }
+    let target = if is_link {
+        Some(fs::canonicalize(dir).map_err(io_error)?)
+    } else {
+        None
+    };
+    Err(OpenError::NotPrivate {
+        dir: dir.to_path_buf(),
+        target,
+        mode,
+        owner,
+    })
+}
+
+/// paypush's effective user id: the owner of every file it creates.
+fn effective_uid() -> u32 {
+    // SAFETY: `geteuid` takes nothing, touches no memory and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Takes group and others' access away from a file an older paypush (or
+/// a copy) left readable; true when it had to.
+fn make_private(path: &Path) -> io::Result<bool> {
+    let mode = fs::metadata(path)?.permissions().mode();
+    if mode & !FILE_MODE & PERMISSION_BITS == 0 {
+        return Ok(false);
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(FILE_MODE))?;
+    Ok(true)
+}
+
 /// Reads every segment of the folder, oldest first: the live records, and
-/// the segments to keep. Expired segments are deleted; a torn or corrupt
-/// record ends its file, which is truncated there.
+/// the segments to keep. Expired segments are deleted; a torn tail is cut
+/// off, a damaged record skipped (see [`read_segment`]). Leftovers of an
+/// interrupted repair are deleted, and the oldest copies of damaged segments
+/// beyond [`MAX_DAMAGED_COPIES`].
 fn read_folder(config: &StoreConfig) -> io::Result<(Replay, VecDeque<Closed>)> {
-    let mut paths: Vec<PathBuf> = fs::read_dir(&config.dir)?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == SEGMENT_EXTENSION))
-        .collect();
+    let mut paths = Vec::new();
+    let mut copies = Vec::new();
+    for entry in fs::read_dir(&config.dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+            continue;
+        };
+        if is_segment_name(name) {
+            paths.push(path);
+        } else if let Some(millis) = damaged_copy_millis(name) {
+            copies.push((millis, path));
+        } else if name
+            .strip_suffix(REPAIR_SUFFIX)
+            .is_some_and(is_segment_name)
+        {
+            // A repair cut short: the segment it came from is still whole.
+            fs::remove_file(&path)?;
+        }
+    }
     paths.sort();
     let now = unix_millis(SystemTime::now());
     let mut replay = Replay::default();
     let mut kept = VecDeque::new();
+    let mut made_private = 0;
+    for path in paths.iter().chain(copies.iter().map(|(_, path)| path)) {
+        if make_private(path)? {
+            made_private += 1;
+        }
+    }
+    if made_private > 0 {
+        log::warn!(
+            "store: {made_private} files in {} were readable by others; made them private (0600)",
+            config.dir.display()
+        );
+    }
     for path in paths {
-        let Some((records, bytes)) = read_segment(&path)? else {
+        let Some((records, bytes)) = read_segment(&path, &mut copies)? else {
             continue;
         };
         let expires = records
@@ -568,14 +721,68 @@ fn read_folder(config: &StoreConfig) -> io::Result<(Replay, VecDeque<Closed>)> {
             bytes,
         });
     }
+    delete_oldest_copies(copies)?;
     // Written in nearly this order already: a cheap sort.
     replay.records.sort_by_key(Record::time);
     Ok((replay, kept))
 }
 
-/// One segment's records and its size after any truncation; `None` for a
-/// file that is not a segment (skipped) or an empty one (deleted).
-fn read_segment(path: &Path) -> io::Result<Option<(Vec<Record>, u64)>> {
+/// The time in a damaged copy's name (`<segment>.seg.damaged-<unix ms>`);
+/// `None` for any other name.
+fn damaged_copy_millis(name: &str) -> Option<u64> {
+    let (segment, millis) = name.rsplit_once(DAMAGED_INFIX)?;
+    is_segment_name(segment)
+        .then(|| millis.parse().ok())
+        .flatten()
+}
+
+/// True for a segment's file name (`<unix ms>.seg`).
+fn is_segment_name(name: &str) -> bool {
+    Path::new(name)
+        .extension()
+        .is_some_and(|ext| ext == SEGMENT_EXTENSION)
+}
+
+/// Keeps the newest [`MAX_DAMAGED_COPIES`] copies of damaged segments.
+fn delete_oldest_copies(mut copies: Vec<(u64, PathBuf)>) -> io::Result<()> {
+    if copies.len() <= MAX_DAMAGED_COPIES {
+        return Ok(());
+    }
+    copies.sort();
+    let excess = copies.len() - MAX_DAMAGED_COPIES;
+    for (_, path) in copies.drain(..excess) {
+        log::warn!(
+            "store: deleted {}, keeping the newest {MAX_DAMAGED_COPIES} copies of damaged segments",
+            path.display()
+        );
+        fs::remove_file(&path)?;
+    }
+    Ok(())
+}
+
+/// A stretch of a segment's bytes that is not a valid record.
+struct BadBytes {
+    /// Where it starts in the file.
+    offset: usize,
+    /// Where the next valid record starts; `None` for a tail.
+    next: Option<usize>,
+    /// Torn (the file ends inside it) or corrupt, as the reader saw it.
+    torn: bool,
+}
+
+/// One segment's records and its size after any repair; `None` for a file
+/// that is not a segment (skipped) or an empty one (deleted).
+///
+/// A bad record with nothing valid after it is a torn tail: the file is
+/// truncated there, with a warning. A bad record with valid records after
+/// it is damage: reading resumes at the next valid record, a copy of the
+/// file as found is kept beside it (and its name pushed on `copies`), an
+/// ERROR names the file and the offset, and the segment is rewritten
+/// without the bad bytes so the next start reads it clean.
+fn read_segment(
+    path: &Path,
+    copies: &mut Vec<(u64, PathBuf)>,
+) -> io::Result<Option<(Vec<Record>, u64)>> {
     let bytes = fs::read(path)?;
     if bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes) {
         // Created but never written: nothing to keep.
@@ -590,6 +797,7 @@ fn read_segment(path: &Path) -> io::Result<Option<(Vec<Record>, u64)>> {
         return Ok(None);
     }
     let mut records = Vec::new();
+    let mut bad = Vec::new();
     let mut offset = MAGIC.len();
     while offset < bytes.len() {
         match Record::decode(&bytes[offset..]) {
@@ -597,25 +805,103 @@ fn read_segment(path: &Path) -> io::Result<Option<(Vec<Record>, u64)>> {
                 records.push(record);
                 offset += used;
             }
-            bad @ (Read::Torn | Read::Corrupt) => {
-                let what = if bad == Read::Torn {
-                    "a torn"
-                } else {
-                    "a corrupt"
-                };
-                log::warn!(
-                    "store: {} ends with {what} record at byte {offset} (a write cut short by a crash); \
-                     dropped {} bytes, kept the {} records before it",
-                    path.display(),
-                    bytes.len() - offset,
-                    records.len()
-                );
-                let file = OpenOptions::new().write(true).open(path)?;
-                file.set_len(offset as u64)?;
-                file.sync_all()?;
-                break;
+            read @ (Read::Torn | Read::Corrupt) => {
+                let next = record::next_record(&bytes, offset + 1);
+                bad.push(BadBytes {
+                    offset,
+                    next,
+                    torn: read == Read::Torn,
+                });
+                match next {
+                    Some(next) => offset = next,
+                    None => break,
+                }
             }
         }
     }
-    Ok(Some((records, offset as u64)))
+    let tail = bad.last().filter(|bad| bad.next.is_none());
+    if let Some(tail) = tail {
+        let what = if tail.torn { "a torn" } else { "a corrupt" };
+        log::warn!(
+            "store: {} ends with {what} record at byte {} (a write cut short by a crash); \
+             dropped its last {} bytes, kept the {} records before it",
+            path.display(),
+            tail.offset,
+            bytes.len() - tail.offset,
+            records.len(),
+        );
+    }
+    if bad.iter().all(|bad| bad.next.is_none()) {
+        // At most a torn tail: cut it off in place.
+        let Some(tail) = tail else {
+            return Ok(Some((records, bytes.len() as u64)));
+        };
+        let file = OpenOptions::new().write(true).open(path)?;
+        file.set_len(tail.offset as u64)?;
+        file.sync_all()?;
+        return Ok(Some((records, tail.offset as u64)));
+    }
+    let copy = keep_damaged_copy(path, &bytes)?;
+    for damage in &bad {
+        let Some(next) = damage.next else { continue };
+        log::error!(
+            "store: {} has a damaged record at byte {} with valid records after it \
+             (a bit flip or a bad sector, not a torn write): skipped {} bytes to the next \
+             valid record, at byte {next}; the file as found is kept as {}",
+            path.display(),
+            damage.offset,
+            next - damage.offset,
+            copy.1.display(),
+        );
+    }
+    copies.push(copy);
+    // The file less its bad stretches: every valid record, in order.
+    let mut repaired = Vec::with_capacity(bytes.len());
+    let mut good_from = 0;
+    for damage in &bad {
+        repaired.extend_from_slice(&bytes[good_from..damage.offset]);
+        good_from = damage.next.unwrap_or(bytes.len());
+    }
+    repaired.extend_from_slice(&bytes[good_from..]);
+    replace_segment(path, &repaired)?;
+    Ok(Some((records, repaired.len() as u64)))
+}
+
+/// Writes `bytes` (a damaged segment as found) beside it as
+/// `<segment>.damaged-<unix ms>`, private and durable; returns its time and path.
+fn keep_damaged_copy(path: &Path, bytes: &[u8]) -> io::Result<(u64, PathBuf)> {
+    let millis = unix_millis(SystemTime::now());
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!("{DAMAGED_INFIX}{millis}"));
+    let copy = PathBuf::from(name);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&copy)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    Ok((millis, copy))
+}
+
+/// Replaces the segment at `path` with `bytes`, atomically: written beside
+/// it, synced, renamed over it, and the folder synced.
+fn replace_segment(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(REPAIR_SUFFIX);
+    let repair = PathBuf::from(name);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&repair)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    fs::rename(&repair, path)?;
+    if let Some(folder) = path.parent() {
+        File::open(folder)?.sync_all()?;
+    }
+    Ok(())
 }

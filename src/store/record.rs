@@ -14,8 +14,12 @@
 //!
 //! A crash can cut the last write anywhere: the reader then finds a record
 //! that does not fit in what is left ([`Read::Torn`]) or whose checksum does
-//! not match ([`Read::Corrupt`]); either way, that record and everything after
-//! it in the file are dropped, and everything before it is kept.
+//! not match ([`Read::Corrupt`]). A bit flip or a bad sector looks the same
+//! from where it starts, but valid records follow it: [`next_record`] finds
+//! the first one by trying every later offset (a length in range, a matching
+//! CRC-32 and a payload that parses: bytes with a plausible length pass the
+//! checksum about once in four billion tries). What the store does with each
+//! case is in [`crate::store`].
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -115,6 +119,13 @@ impl Record {
     }
 }
 
+/// The first offset at or after `from` where a whole, valid record starts:
+/// where reading resumes after a damaged record. `None` when no valid record
+/// follows (a torn tail).
+pub fn next_record(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len()).find(|&offset| matches!(Record::decode(&bytes[offset..]), Read::Record(..)))
+}
+
 fn parse_payload(payload: &[u8]) -> Option<Record> {
     let (&tag, body) = payload.split_first()?;
     match tag {
@@ -211,6 +222,35 @@ mod tests {
                 "bit {bit}"
             );
         }
+    }
+
+    #[test]
+    fn reading_resumes_at_the_record_after_a_damaged_one() {
+        let mut bytes = Vec::new();
+        outcome(1, Status::Success, 42).encode(&mut bytes);
+        let second = bytes.len();
+        outcome(2, Status::Failed, 43).encode(&mut bytes);
+        let third = bytes.len();
+        nonce("abcdefghijklmnop", 44).encode(&mut bytes);
+        for byte in 0..third - second {
+            let mut damaged = bytes.clone();
+            damaged[second + byte] ^= 0x04;
+            assert_eq!(
+                next_record(&damaged, second + 1),
+                Some(third),
+                "byte {byte}"
+            );
+        }
+        assert_eq!(
+            next_record(&bytes, third + 1),
+            None,
+            "nothing valid after the last"
+        );
+        assert_eq!(
+            next_record(&bytes[..third - 1], second + 1),
+            None,
+            "a torn tail"
+        );
     }
 
     proptest! {

@@ -3,6 +3,7 @@
 //! signals.
 
 use std::collections::HashMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -235,8 +236,6 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 
 /// The segment whose last record is payment `id`'s outcome.
 fn segment_ending_with(dir: &Path, id: u64) -> PathBuf {
-    // An outcome record: length and CRC (8 bytes), tag, id, status, time.
-    const OUTCOME_RECORD: usize = 8 + 1 + 8 + 1 + 8;
     segments(dir)
         .into_iter()
         .find(|path| {
@@ -310,14 +309,178 @@ async fn a_last_record_cut_in_half_is_dropped_and_the_rest_kept() {
     assert!(!is_duplicate(&server, 5).await, "the torn record came back");
 }
 
+/// Bytes before the first record of a segment (its magic).
+const SEGMENT_MAGIC: usize = 8;
+/// An outcome record: length and CRC (8 bytes), tag, id, status, time.
+const OUTCOME_RECORD: usize = 8 + 1 + 8 + 1 + 8;
+
+/// The files in `folder` whose names start with `prefix`.
+fn files_starting_with(folder: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with(prefix))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Records payments 1..=5 (one segment of five outcome records), stops,
+/// flips bit `bit` of byte `byte` of record `damaged` (1 to 5), restarts, and
+/// checks that every other payment is still served, that a copy of the
+/// damaged file lies beside it, and that an ERROR names the file and the
+/// record's offset; then restarts again: no new copy, no new ERROR.
+async fn a_flipped_bit_loses_only_its_record(damaged: u64, byte: usize, bit: u8) {
+    let dir = temp_dir();
+    let folder = dir.path().join("paypush-data");
+    let mut server = start_in(dir.path(), &[]).await;
+    let mut answered = HashMap::new();
+    for id in 1..=5u64 {
+        let (status, json) = get(&server.url(&format!("/pay-callback?payRecordId={id}"))).await;
+        assert_eq!(status, 200);
+        answered.insert(id, json["completedAt"].as_str().unwrap().to_string());
+    }
+    server.stop("TERM").await;
+    let segment = segment_ending_with(&folder, 5);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    assert_eq!(
+        bytes.len(),
+        SEGMENT_MAGIC + 5 * OUTCOME_RECORD,
+        "one segment"
+    );
+    let offset = SEGMENT_MAGIC + (damaged as usize - 1) * OUTCOME_RECORD;
+    bytes[offset + byte] ^= 1 << bit;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let mut server = start_in(dir.path(), &[]).await;
+    let name = segment.file_name().unwrap().to_str().unwrap().to_string();
+    let logged = server.logged();
+    let error = logged
+        .lines()
+        .find(|line| line.contains("ERROR"))
+        .unwrap_or_else(|| panic!("no ERROR:\n{logged}"));
+    assert!(error.contains(&name), "{error}");
+    assert!(error.contains(&format!("byte {offset}")), "{error}");
+    let copies = files_starting_with(&folder, &format!("{name}.damaged-"));
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(std::fs::read(&copies[0]).unwrap(), bytes, "the copy");
+    assert_eq!(mode(&copies[0]), 0o600, "the copy is private");
+    let others: HashMap<u64, String> = answered
+        .into_iter()
+        .filter(|(id, _)| *id != damaged)
+        .collect();
+    for (id, completed_at) in &others {
+        let (status, polled) = get(&server.url(&format!("/status?payRecordId={id}"))).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            polled["status"], "SUCCESS",
+            "payment {id} was lost: {polled}"
+        );
+        assert_eq!(polled["completedAt"], completed_at.as_str(), "payment {id}");
+    }
+    let (_, polled) = get(&server.url(&format!("/status?payRecordId={damaged}"))).await;
+    assert_eq!(polled["status"], "PENDING", "the damaged record was read");
+    assert_all_recorded(&server, &others).await;
+    server.stop("TERM").await;
+
+    let server = start_in(dir.path(), &[]).await;
+    assert!(!server.logged().contains("ERROR"), "{}", server.logged());
+    assert_eq!(
+        files_starting_with(&folder, &format!("{name}.damaged-")),
+        copies
+    );
+    assert_all_recorded(&server, &others).await;
+}
+
+#[tokio::test]
+async fn a_flipped_bit_in_the_first_records_payload_loses_only_that_record() {
+    // The lowest byte of the payment id.
+    a_flipped_bit_loses_only_its_record(1, 9, 0).await;
+}
+
+#[tokio::test]
+async fn a_flipped_bit_in_a_middle_records_checksum_loses_only_that_record() {
+    a_flipped_bit_loses_only_its_record(2, 5, 3).await;
+}
+
+#[tokio::test]
+async fn a_flipped_bit_in_a_middle_records_length_loses_only_that_record() {
+    // 18 becomes 82: longer than any record.
+    a_flipped_bit_loses_only_its_record(3, 0, 6).await;
+}
+
+#[tokio::test]
+async fn a_middle_record_whose_length_reaches_past_the_end_is_not_a_torn_tail() {
+    // 18 becomes 50: record 4 seems to end past the end of the file, as a
+    // torn write does, but a valid record follows it.
+    a_flipped_bit_loses_only_its_record(4, 0, 5).await;
+}
+
+#[tokio::test]
+async fn a_flipped_bit_in_the_last_record_is_a_torn_tail_dropped_with_a_warning() {
+    // Nothing valid follows it: it cannot be told from a write cut short.
+    let dir = temp_dir();
+    let server = restart_after_damage(dir.path(), |segment| {
+        let mut bytes = std::fs::read(segment).unwrap();
+        let last = bytes.len() - OUTCOME_RECORD;
+        bytes[last + 12] ^= 0x10;
+        std::fs::write(segment, bytes).unwrap();
+    })
+    .await;
+    let logged = server.logged();
+    assert!(logged.contains("WARN"), "{logged}");
+    assert!(!logged.contains("ERROR"), "{logged}");
+    let files = files_starting_with(&dir.path().join("paypush-data"), "");
+    assert!(
+        files
+            .iter()
+            .all(|path| !path.to_string_lossy().contains(".damaged-")),
+        "a torn tail is cut as before, not kept: {files:?}"
+    );
+    for id in 1..=4 {
+        assert!(is_duplicate(&server, id).await, "payment {id} was lost");
+    }
+    assert!(
+        !is_duplicate(&server, 5).await,
+        "the damaged record came back"
+    );
+}
+
+#[tokio::test]
+async fn copies_of_damaged_segments_are_bounded_and_leftovers_of_a_repair_deleted() {
+    let dir = temp_dir();
+    let folder = dir.path().join("paypush-data");
+    folder_with_mode(&folder, 0o700);
+    let segment = "00000000000000000001.seg";
+    for millis in 1..=20 {
+        std::fs::write(folder.join(format!("{segment}.damaged-{millis}")), b"x").unwrap();
+    }
+    std::fs::write(folder.join(format!("{segment}.repair")), b"PAYPUSH1").unwrap();
+    let server = start_in(dir.path(), &[]).await;
+    let kept: Vec<String> = files_starting_with(&folder, segment)
+        .iter()
+        .map(|path| path.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    // The eight newest copies, and no leftover of the repair.
+    let newest: Vec<String> = (13..=20)
+        .map(|millis| format!("{segment}.damaged-{millis}"))
+        .collect();
+    assert_eq!(kept, newest, "{}", server.logged());
+}
+
 #[tokio::test]
 async fn a_store_that_cannot_write_answers_503_stays_up_and_loses_no_200() {
     let dir = temp_dir();
-    // A file-size limit of 2 KiB, with SIGXFSZ ignored so that writes past
-    // it fail with EFBIG instead of killing the process.
+    // A file-size limit of 2 KiB, and SIGXFSZ left at its default (which
+    // kills): paypush itself ignores it, so writes past the limit fail with
+    // EFBIG and take the 503 path.
     let mut limited = tokio::process::Command::new("bash");
     limited
-        .args(["-c", r#"ulimit -f 2; trap '' XFSZ; exec "$0" "$@""#])
+        .args(["-c", r#"trap - XFSZ; ulimit -f 2; exec "$0" "$@""#])
         .arg(env!("CARGO_BIN_EXE_paypush"))
         .current_dir(dir.path())
         .kill_on_drop(true);
@@ -325,9 +488,15 @@ async fn a_store_that_cannot_write_answers_503_stays_up_and_loses_no_200() {
     let mut answered = HashMap::new();
     let mut refusal = None;
     for id in 1..=1_000u64 {
-        let response = reqwest::get(server.url(&format!("/pay-callback?payRecordId={id}")))
+        let response = match reqwest::get(server.url(&format!("/pay-callback?payRecordId={id}")))
             .await
-            .unwrap();
+        {
+            Ok(response) => response,
+            Err(e) => {
+                let exit = tokio::time::timeout(Duration::from_secs(2), server.child.wait()).await;
+                panic!("callback {id} got no answer ({e}); paypush: {exit:?}");
+            }
+        };
         let (status, retry_after) = (
             response.status().as_u16(),
             response.headers().get("retry-after").cloned(),
@@ -371,8 +540,6 @@ async fn a_second_paypush_on_the_same_folder_exits_2_naming_it() {
 
 #[tokio::test]
 async fn the_default_folder_is_created_private_and_in_memory_writes_nothing() {
-    use std::os::unix::fs::PermissionsExt;
-
     let dir = temp_dir();
     let mut server = start_in(dir.path(), &[]).await;
     assert!(
@@ -487,4 +654,148 @@ async fn over_max_outcomes_a_new_outcome_is_503_and_a_duplicate_still_200() {
         .next_within(Duration::from_millis(200))
         .await
         .is_err());
+}
+
+/// The permission bits of `path` (following a link).
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// A folder at `path` with exactly `mode` (whatever the umask).
+fn folder_with_mode(path: &Path, mode: u32) {
+    std::fs::DirBuilder::new().create(path).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The binary in `dir`, started by a shell with umask 022 (files `0644`
+/// unless paypush asks for less).
+fn under_umask_022(dir: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .args(["-c", r#"umask 022; exec "$0" "$@""#])
+        .arg(env!("CARGO_BIN_EXE_paypush"))
+        .current_dir(dir)
+        .kill_on_drop(true);
+    command
+}
+
+/// Every file in `folder` with its permission bits, in octal.
+fn file_modes(folder: &Path) -> Vec<(String, String)> {
+    files_starting_with(folder, "")
+        .iter()
+        .map(|path| (path.display().to_string(), format!("{:04o}", mode(path))))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_existing_0755_folder_is_used_and_every_file_in_it_is_0600_under_umask_022() {
+    let dir = temp_dir();
+    let folder = dir.path().join("paypush-data");
+    // Readable by others, not writable by them: the contract refuses only
+    // a folder that group or others can write to.
+    folder_with_mode(&folder, 0o755);
+    let secret = "store-test-secret";
+    let mut command = under_umask_022(dir.path());
+    command.env("PAYPUSH_CALLBACK_SECRET", secret);
+    let mut server = start_binary(command, &[]).await;
+    for id in 1..=3 {
+        let path = format!("/pay-callback?payRecordId={id}");
+        let mut request = reqwest::Client::new().get(server.url(&path));
+        for (name, value) in paypush_sign(Some(secret), &["--path", &path]) {
+            request = request.header(name, value);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 200);
+    }
+    server.stop("TERM").await;
+    let files = file_modes(&folder);
+    assert!(files.len() >= 2, "a segment and the lock: {files:?}");
+    assert!(
+        files.iter().all(|(_, mode)| mode == "0600"),
+        "not private: {files:?}"
+    );
+    assert_eq!(mode(&folder), 0o755, "the folder is left as it was");
+}
+
+#[tokio::test]
+async fn files_left_readable_by_an_older_paypush_are_made_private_at_start() {
+    let dir = temp_dir();
+    let folder = dir.path().join("paypush-data");
+    let mut server = start_in(dir.path(), &[]).await;
+    assert_eq!(
+        get(&server.url("/pay-callback?payRecordId=31")).await.0,
+        200
+    );
+    server.stop("TERM").await;
+    for (file, _) in file_modes(&folder) {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let server = start_in(dir.path(), &[]).await;
+    let files = file_modes(&folder);
+    assert!(
+        files.iter().all(|(_, mode)| mode == "0600"),
+        "not private: {files:?}"
+    );
+    assert!(is_duplicate(&server, 31).await, "payment 31 was lost");
+}
+
+/// Starts paypush on `dir/paypush-data`, which must be refused: one line
+/// naming each of `named` and `mode` (e.g. `0777`), and nothing written there.
+async fn refused_for(dir: &Path, named: &[&str], mode: &str) {
+    let mut command = paypush_command(dir);
+    command.args(["--bind", "127.0.0.1:0"]);
+    let stderr = refused_at_start(command).await;
+    for name in named {
+        assert!(stderr.contains(name), "does not name {name}: {stderr}");
+    }
+    assert!(stderr.contains(mode), "does not say {mode}: {stderr}");
+    let written = file_modes(&dir.join("paypush-data"));
+    assert!(written.is_empty(), "wrote {written:?}");
+}
+
+#[tokio::test]
+async fn a_folder_group_or_others_can_write_to_is_refused_naming_it_and_its_mode() {
+    for mode in [0o775, 0o777, 0o1777, 0o720, 0o702] {
+        let dir = temp_dir();
+        let folder = dir.path().join("paypush-data");
+        folder_with_mode(&folder, mode);
+        refused_for(dir.path(), &["paypush-data"], &format!("{mode:04o}")).await;
+    }
+}
+
+#[tokio::test]
+async fn a_link_to_a_world_writable_folder_is_refused_and_a_link_to_a_private_one_used() {
+    let dir = temp_dir();
+    let open = dir.path().join("open");
+    folder_with_mode(&open, 0o777);
+    std::os::unix::fs::symlink(&open, dir.path().join("paypush-data")).unwrap();
+    let target = open.canonicalize().unwrap().display().to_string();
+    refused_for(dir.path(), &["paypush-data", &target], "0777").await;
+
+    let private = temp_dir();
+    let folder = private.path().join("kept");
+    folder_with_mode(&folder, 0o700);
+    std::os::unix::fs::symlink(&folder, private.path().join("paypush-data")).unwrap();
+    let mut server = start_in(private.path(), &[]).await;
+    assert_eq!(
+        get(&server.url("/pay-callback?payRecordId=32")).await.0,
+        200
+    );
+    server.stop("TERM").await;
+    assert!(
+        !segments(&folder).is_empty(),
+        "nothing stored behind the link"
+    );
+}
+
+#[tokio::test]
+async fn a_folder_owned_by_another_user_is_refused() {
+    let dir = temp_dir();
+    if std::fs::metadata(dir.path()).unwrap().uid() != 0 {
+        println!("skipped: only root can give a folder to another user (uid 65534)");
+        return;
+    }
+    let folder = dir.path().join("paypush-data");
+    folder_with_mode(&folder, 0o700);
+    std::os::unix::fs::chown(&folder, Some(65534), Some(65534)).unwrap();
+    refused_for(dir.path(), &["paypush-data", "65534"], "0700").await;
 }
