@@ -9,6 +9,11 @@
 #[allow(dead_code)]
 mod helpers;
 
+/// The hostile clients' patterns (see `tests/abuse.rs`), for any mode.
+#[path = "abuse/patterns.rs"]
+#[allow(dead_code)]
+mod abuse_patterns;
+
 /// The same on a real Redis Cluster (3 primaries, 3 replicas).
 #[path = "redis/cluster.rs"]
 mod cluster;

@@ -18,6 +18,10 @@ use tokio::process::{Child, Command};
 #[path = "churn.rs"]
 mod churn;
 
+/// The abuse suite's patterns, in Redis and Redis Cluster modes.
+#[path = "abuse.rs"]
+mod abuse;
+
 use super::helpers::{refused_at_start, spawn_app, EventStream, TestApp, PATIENCE};
 use super::{assert_replay_refused_across, have, send_signed, status_and_body, wait_until_ready};
 
