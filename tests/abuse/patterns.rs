@@ -66,7 +66,7 @@ async fn server(mode: &[&str], flags: &[&str]) -> Binary {
 }
 
 /// The server's CPU time so far (user + system), from `/proc`.
-fn cpu_seconds(server: &Binary) -> f64 {
+pub fn cpu_seconds(server: &Binary) -> f64 {
     let pid = server.child.id().expect("running");
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
     // After the command name's closing parenthesis: state is field 3,
@@ -93,7 +93,7 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 /// A gauge or counter of `/metrics`.
-async fn metric(server: &Binary, name: &str) -> f64 {
+pub async fn metric(server: &Binary, name: &str) -> f64 {
     let text = reqwest::get(server.url("/metrics"))
         .await
         .expect("metrics")

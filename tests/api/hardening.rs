@@ -336,13 +336,11 @@ async fn metrics_bind_serves_metrics_on_its_own_address_and_the_main_one_answers
     assert_eq!(body["error"], "not_found");
 }
 
-#[tokio::test]
-async fn an_invalid_redis_url_is_reported_with_its_password_hidden() {
-    let url = "redis://admin:hunter2-redis@127.0.0.1:notaport/0";
-    for (flags, env) in [
-        (vec!["--redis-url", url], vec![]),
-        (vec![], vec![("PAYPUSH_REDIS_URL", url)]),
-    ] {
+/// What paypush prints when started with `value` as `flag`, then as the
+/// environment variable `env`: it must exit 2 both times.
+async fn refusal_of(flag: &str, env: &str, value: &str) -> Vec<String> {
+    let mut refusals = Vec::new();
+    for (flags, env) in [(vec![flag, value], vec![]), (vec![], vec![(env, value)])] {
         let dir = temp_dir();
         let output = paypush_command(dir.path())
             .args(["--bind", "127.0.0.1:0"])
@@ -353,7 +351,15 @@ async fn an_invalid_redis_url_is_reported_with_its_password_hidden() {
             .await
             .unwrap();
         assert_eq!(output.status.code(), Some(2));
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        refusals.push(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    refusals
+}
+
+#[tokio::test]
+async fn an_invalid_redis_url_is_reported_with_its_password_hidden() {
+    let url = "redis://admin:hunter2-redis@127.0.0.1:notaport/0";
+    for stderr in refusal_of("--redis-url", "PAYPUSH_REDIS_URL", url).await {
         assert!(!stderr.contains("hunter2"), "{stderr}");
         assert!(
             stderr.contains("redis://admin:***@127.0.0.1:notaport/0"),
@@ -365,21 +371,7 @@ async fn an_invalid_redis_url_is_reported_with_its_password_hidden() {
 #[tokio::test]
 async fn an_invalid_redis_cluster_node_list_is_reported_with_every_password_hidden() {
     let nodes = "redis://u:goodsecret@127.0.0.1:7000,redis://u:badsecret@127.0.0.1:x";
-    for (flags, env) in [
-        (vec!["--redis-cluster", nodes], vec![]),
-        (vec![], vec![("PAYPUSH_REDIS_CLUSTER", nodes)]),
-    ] {
-        let dir = temp_dir();
-        let output = paypush_command(dir.path())
-            .args(["--bind", "127.0.0.1:0"])
-            .args(&flags)
-            .envs(env)
-            .current_dir(dir.path())
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(output.status.code(), Some(2));
-        let stderr = String::from_utf8_lossy(&output.stderr);
+    for stderr in refusal_of("--redis-cluster", "PAYPUSH_REDIS_CLUSTER", nodes).await {
         assert!(
             !stderr.contains("goodsecret") && !stderr.contains("badsecret"),
             "{stderr}"

@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{command, have, RedisCluster, CLUSTER_PATIENCE};
+use crate::abuse_patterns::{cpu_seconds, metric};
 use crate::helpers::{paypush_command, start_binary, temp_dir, Binary, EventStream};
 
 /// Requests cancelled mid-subscribe.
@@ -20,31 +21,6 @@ const ABORTED: u64 = 3000;
 const CHECKED: u64 = 60;
 /// Server CPU per second that counts as idle.
 const IDLE_CPU: f64 = 0.05;
-
-/// The server's CPU time so far (user + system), from `/proc`, in ticks.
-fn cpu_ticks(server: &Binary) -> u64 {
-    let pid = server.child.id().expect("running");
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .expect("stat")
-        .1
-        .split_whitespace()
-        .collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
-async fn metric(server: &Binary, name: &str) -> f64 {
-    let text = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
-}
 
 /// Opens `/push` for `id` on a raw connection and closes it after `after`
 /// (0: right after sending the head).
@@ -102,9 +78,9 @@ async fn cluster_pages_closed_mid_subscribe_leave_nothing_behind() {
     // The server goes back to idle...
     let idle_by = Instant::now() + Duration::from_secs(15);
     loop {
-        let before = cpu_ticks(&server);
+        let before = cpu_seconds(&server);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let used = (cpu_ticks(&server) - before) as f64 / 100.0;
+        let used = cpu_seconds(&server) - before;
         if used <= IDLE_CPU {
             break;
         }
