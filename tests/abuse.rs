@@ -59,3 +59,8 @@ async fn slow_heads_and_bodies_and_crowded_payments_leave_the_service_whole() {
 async fn http2_streams_that_clients_never_read_are_bounded_across_connections() {
     patterns::http2_streams_that_clients_never_read_are_bounded_across_connections(&[]).await;
 }
+
+#[tokio::test]
+async fn a_full_descriptor_table_is_logged_at_most_once_a_second() {
+    patterns::a_full_descriptor_table_is_logged_at_most_once_a_second(&[]).await;
+}

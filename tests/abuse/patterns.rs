@@ -600,3 +600,39 @@ pub async fn http2_streams_that_clients_never_read_are_bounded_across_connection
     drop((held, clients));
     assert_whole("h2c, zero window, many connections", &server, PATIENCE).await;
 }
+
+pub async fn a_full_descriptor_table_is_logged_at_most_once_a_second(mode: &[&str]) {
+    // Soft and hard limit 128: paypush cannot raise it, and 200 idle
+    // connections leave it nothing to accept with.
+    let dir = temp_dir();
+    let program =
+        std::env::var(BINARY_VAR).unwrap_or_else(|_| env!("CARGO_BIN_EXE_paypush").to_string());
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", r#"ulimit -n 128; exec "$0" "$@""#, &program])
+        .current_dir(dir.path())
+        .kill_on_drop(true);
+    let flags = [mode, &["--max-streams", "50"]].concat();
+    let mut server = start_binary(command, &flags).await;
+    server.dir = Some(dir);
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        if let Ok(stream) = TcpStream::connect(server.addr).await {
+            held.push(stream);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let lines = server
+        .logged()
+        .lines()
+        .filter(|line| line.contains("accept failed"))
+        .count();
+    // One at once, then at most one summary a second.
+    assert!(
+        (1..=5).contains(&lines),
+        "{lines} accept-failure lines in 3 s"
+    );
+    drop(held);
+    assert!(healthz(server.addr).await < PROMPT);
+    assert_whole("a full descriptor table", &server, PATIENCE).await;
+}
