@@ -1,5 +1,7 @@
-//! The app: the state every handler shares (hub, backplane, metrics,
-//! configuration), built once at start-up.
+//! The app: the state every handler shares (the backplane, metrics,
+//! configuration), built once at start-up. It is where the layers are put
+//! together: the store opened and read back, the hub over it, the backplane
+//! over the hub. Nothing above it sees the hub or the store.
 
 use std::sync::Arc;
 
@@ -37,10 +39,8 @@ impl std::fmt::Display for StartError {
 /// What every handler shares; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct App {
-    /// The registry of streams and outcomes.
-    pub hub: Hub,
-    /// In memory or over Redis: where outcomes are decided.
-    pub backplane: Backplane,
+    /// The one door for payments: in memory or over Redis.
+    pub(crate) backplane: Backplane,
     /// The process's metrics.
     /// Behind an `Arc`: every route's filter, every connection's service and
     /// every stream holds a clone, and `Metrics` itself is a dozen `Arc`s.
@@ -87,15 +87,14 @@ impl App {
             messages: metrics.pubsub_messages(),
         };
         let backplane = Backplane::new(
+            hub,
             config.redis_url.as_ref(),
             config.redis_cluster.as_ref(),
             config.outcome_ttl,
             pubsub,
         )
-        .map_err(|e| StartError::failure(format!("cannot use Redis: {}", e.0)))?;
-        backplane.start(&hub);
+        .map_err(|e| StartError::failure(format!("cannot use Redis: {e}")))?;
         Ok(App {
-            hub,
             backplane,
             metrics: Arc::new(metrics),
             config: Arc::new(config),
@@ -104,9 +103,12 @@ impl App {
 
     /// Says how outcomes are kept, without credentials, for the start-up line.
     pub fn describe(&self) -> String {
-        match self.hub.store() {
-            Some(store) => store.describe(),
-            None => self.backplane.describe(),
-        }
+        self.backplane.describe()
+    }
+
+    /// The waiter limits in force: the whole process's, and one payment's.
+    pub fn stream_limits(&self) -> (usize, usize) {
+        let limits = self.backplane.limits();
+        (limits.max_streams, limits.max_streams_per_payment)
     }
 }

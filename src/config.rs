@@ -33,6 +33,10 @@ pub const DEFAULT_MAX_OUTCOMES: &str = "5000000";
 /// Default cap of concurrent HTTP/2 streams on one connection: a proxy
 /// multiplexes thousands of waiting pages over a few h2c connections.
 pub const DEFAULT_H2_MAX_STREAMS: &str = "10000";
+/// A callback body must arrive within this time of its request head, else
+/// `408`: a client that declares a body and never sends it cannot hold a
+/// connection (and its file descriptor) for ever.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// File descriptors kept free for callbacks, Redis, the listener and logs when
 /// the total stream limit is sized from the open-file limit.
 pub const RESERVED_FDS: u64 = 512;

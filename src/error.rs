@@ -9,7 +9,8 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reject::Rejection;
 use warp::reply::{Reply, Response};
 
-use crate::hub::SubscribeError;
+use crate::backplane::{RecordError, SubscribeError, Unavailable};
+use crate::config::BODY_READ_TIMEOUT;
 use crate::model::{InvalidCallback, Outcome, PayRecordId, Status};
 use crate::signature::SignatureError;
 
@@ -55,7 +56,7 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     /// The body is over the limit.
     PayloadTooLarge,
-    /// The body did not arrive in time (see [`crate::routes::BODY_READ_TIMEOUT`]).
+    /// The body did not arrive in time (see [`BODY_READ_TIMEOUT`]).
     RequestTimeout,
     /// The body is neither form-encoded nor JSON.
     UnsupportedMediaType,
@@ -157,7 +158,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => "The request body is over 16 KiB.".into(),
             ApiError::RequestTimeout => format!(
                 "The request body did not arrive within {} seconds of its headers.",
-                crate::routes::BODY_READ_TIMEOUT.as_secs()
+                BODY_READ_TIMEOUT.as_secs()
             ),
             ApiError::UnsupportedMediaType => {
                 "Send the callback as application/x-www-form-urlencoded or application/json.".into()
@@ -264,12 +265,41 @@ impl From<InvalidCallback> for ApiError {
 }
 
 impl ApiError {
-    /// Why the hub refused a stream of payment `id`.
-    pub fn refused(error: SubscribeError, id: PayRecordId) -> ApiError {
+    /// Why the backplane refused a waiter of payment `id`.
+    pub(crate) fn refused(error: SubscribeError, id: PayRecordId) -> ApiError {
         match error {
             SubscribeError::TooManyStreams => ApiError::TooManyStreams(id),
             SubscribeError::OverCapacity => ApiError::OverCapacity,
             SubscribeError::ShuttingDown => ApiError::ShuttingDown,
+        }
+    }
+
+    /// Redis could not be read: the client should retry. The refusal itself
+    /// is logged once, as a warning, by the rejection handler; the
+    /// subscriber logs the outage once; the cause of each refusal is detail.
+    pub(crate) fn unavailable(e: Unavailable) -> ApiError {
+        log::debug!("Redis unavailable: {e}");
+        ApiError::Unavailable("the outcome store (Redis) cannot be reached")
+    }
+
+    /// Why a callback's outcome (or its nonce) was not recorded, as the API
+    /// says it: always `503`, so the provider retries.
+    pub(crate) fn not_recorded(error: RecordError) -> ApiError {
+        match error {
+            RecordError::Redis(e) => ApiError::unavailable(e),
+            RecordError::NoReplica => {
+                ApiError::Unavailable("no Redis Cluster replica acknowledged the outcome in time")
+            }
+            RecordError::Store(e) => {
+                log::debug!("store failed: {e}");
+                ApiError::Unavailable("the outcome store cannot write")
+            }
+            RecordError::Full => {
+                ApiError::Unavailable("as many outcomes as --max-outcomes allows are remembered")
+            }
+            RecordError::TooManyNonces => {
+                ApiError::Unavailable("too many signed callbacks at once")
+            }
         }
     }
 }

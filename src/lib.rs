@@ -33,6 +33,7 @@
 
 pub mod app;
 pub mod backplane;
+pub mod callback;
 pub mod config;
 pub mod cors;
 pub mod error;
@@ -40,7 +41,6 @@ pub mod handlers;
 pub mod hub;
 pub mod metrics;
 pub mod model;
-pub mod poll;
 pub mod preface;
 pub mod qr;
 pub mod refusals;
@@ -48,6 +48,5 @@ pub mod routes;
 pub mod server;
 pub mod shutdown;
 pub mod signature;
-pub mod sse;
 pub mod store;
-pub mod ws;
+pub mod transport;

@@ -141,12 +141,10 @@ async fn serve(config: Config) -> ExitCode {
         None => None,
     };
     warn_about_open_modes(&app.config);
-    let limits = app.hub.limits();
+    let (max_streams, per_payment) = app.stream_limits();
     log::info!(
-        "paypush listening on http://{address} ({}; up to {} streams, {} per payment)",
+        "paypush listening on http://{address} ({}; up to {max_streams} streams, {per_payment} per payment)",
         app.describe(),
-        limits.max_streams,
-        limits.max_streams_per_payment
     );
     server::run(listener, app, shutdown).await;
     if let Some(metrics_server) = metrics_server {

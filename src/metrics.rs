@@ -13,7 +13,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::hub::{Stats, Transport};
+use crate::backplane::{Stats, Transport};
 use crate::model::{Outcome, Status};
 
 /// Buckets of the callback-to-delivery histogram, in seconds: paypush aims

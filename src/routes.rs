@@ -8,7 +8,6 @@
 
 use std::convert::Infallible;
 use std::pin::pin;
-use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -19,17 +18,15 @@ use warp::reply::Response;
 use warp::{Buf, Filter, Rejection};
 
 use crate::app::App;
+use crate::callback::{self, CallbackRequest};
+use crate::config::BODY_READ_TIMEOUT;
 use crate::error::{handle_rejection, ApiError};
-use crate::handlers::{self, CallbackRequest};
-use crate::{poll, qr, ws};
+use crate::handlers;
+use crate::qr;
+use crate::transport::{poll, sse, ws};
 
 /// The largest callback body accepted, declared or chunked.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
-/// A callback body must arrive within this time of its request head, else
-/// `408`: a client that declares a body and never sends it cannot hold a
-/// connection (and its file descriptor) for ever.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Every route, with errors mapped to JSON.
 pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     // Two boxed groups: one filter type nesting every route is deeper than
@@ -68,7 +65,7 @@ pub fn push(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> +
         .and(query_pairs())
         .and(warp::header::optional::<String>("last-event-id"))
         .and(with_app(app))
-        .and_then(handlers::push)
+        .and_then(sse::push)
 }
 
 /// GET /status?payRecordId=123&wait=25
@@ -117,7 +114,7 @@ pub fn callback(app: App) -> impl Filter<Extract = (Response,), Error = Rejectio
             },
         )
         .and(with_app(app))
-        .and_then(handlers::callback)
+        .and_then(callback::callback)
 }
 
 /// GET /healthz

@@ -47,11 +47,12 @@ use warp::http::{header, HeaderValue, Request, Version};
 use warp::reply::{Reply, Response};
 
 use crate::app::App;
+use crate::backplane::Backplane;
 use crate::cors::ListedOrigins;
 use crate::error::ApiError;
-use crate::hub::Hub;
 use crate::preface::{self, NoProtocol, Prefixed, Protocol};
-use crate::{refusals, routes, ws};
+use crate::transport::ws;
+use crate::{refusals, routes};
 
 /// Request line and headers above this size get `431`: hyper reads at most
 /// this much before the headers are complete.
@@ -338,7 +339,7 @@ pub async fn run_metrics(
 pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) {
     let h2_streams = Arc::new(AtomicUsize::new(0));
     let h2_limit = app
-        .hub
+        .backplane
         .limits()
         .max_streams
         .saturating_mul(H2_STREAMS_PER_WAITER_SLOT);
@@ -439,12 +440,12 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
     }
     drop(listener);
     log::info!("shutting down: ending open streams");
-    app.hub.shutdown();
+    app.backplane.shutdown();
     stop.send_replace(true);
     drop((open, stopping));
     let drained = async {
         all_closed.recv().await;
-        no_waiters_left(&app.hub).await;
+        no_waiters_left(&app.backplane).await;
     };
     if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
         log::warn!("some connections were still open after {SHUTDOWN_GRACE:?}");
@@ -453,8 +454,8 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
 
 /// Completes once the hub holds no waiter: every WebSocket has sent its
 /// close frame (a socket keeps its waiter until then).
-async fn no_waiters_left(hub: &Hub) {
-    while hub.stats().open_streams > 0 {
+async fn no_waiters_left(backplane: &Backplane) {
+    while backplane.stats().open_streams > 0 {
         tokio::time::sleep(DRAIN_CHECK_INTERVAL).await;
     }
 }

@@ -38,10 +38,11 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr
 use redis::{AsyncCommands, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, watch, Notify, OnceCell};
 
-use super::{
-    decode_value, deliver, encode_message, encode_value, millis, with_timeout, RecordError,
-    Unavailable, CATCH_UP_BATCH, NONCE_KEY, RECONNECT_BACKOFF, REDIS_TIMEOUT,
+use super::common::{
+    decode_value, deliver, encode_message, encode_value, millis, with_timeout, CATCH_UP_BATCH,
+    NONCE_KEY, RECONNECT_BACKOFF, REDIS_TIMEOUT,
 };
+use super::errors::{RecordError, Unavailable};
 use crate::hub::Hub;
 use crate::model::{Outcome, PayRecordId};
 

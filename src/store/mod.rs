@@ -171,6 +171,8 @@ impl fmt::Display for StoreError {
     }
 }
 
+impl std::error::Error for StoreError {}
+
 /// Why the store cannot open.
 #[derive(Debug)]
 pub enum OpenError {

@@ -22,10 +22,10 @@ use warp::http::HeaderValue;
 use warp::reply::{Reply, Response};
 use warp::Rejection;
 
+use super::access::authorize;
 use crate::app::App;
+use crate::backplane::{SubscribeError, Subscription, Transport, Waiting, Wake};
 use crate::error::ApiError;
-use crate::handlers::{authorize, subscribe, unavailable};
-use crate::hub::{SubscribeError, Subscription, Transport, Waiting, Wake};
 use crate::metrics::Metrics;
 use crate::model::{single, Outcome, PayRecordId, PendingJson};
 
@@ -43,17 +43,17 @@ pub async fn status(query: Vec<(String, String)>, app: App) -> Result<Response, 
     let wait = parse_wait(&query)?.min(app.config.push_timeout);
     let outcome = if wait.is_zero() {
         app.backplane
-            .lookup(&app.hub, id)
+            .lookup(id)
             .await
-            .map_err(unavailable)?
+            .map_err(ApiError::unavailable)?
     } else {
-        match subscribe(&app, id, Transport::Poll, wait).await {
+        match app.backplane.subscribe(id, Transport::Poll, wait).await {
             Ok(Subscription::Recorded(outcome)) => Some(outcome),
             Ok(Subscription::Waiting(waiting)) => {
                 return Ok(waiting_reply(waiting, app.metrics.clone()));
             }
             // Shutting down: answer now, so the client asks another instance.
-            Err(SubscribeError::ShuttingDown) => app.hub.recorded(id),
+            Err(SubscribeError::ShuttingDown) => app.backplane.recorded_here(id),
             Err(refused) => return Err(ApiError::refused(refused, id).into()),
         }
     };

@@ -39,10 +39,10 @@ use warp::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Rejection;
 
+use super::access::authorize;
 use crate::app::App;
+use crate::backplane::{Subscription, Transport, Waiting, Wake};
 use crate::error::ApiError;
-use crate::handlers::{authorize, subscribe};
-use crate::hub::{Subscription, Transport, Waiting, Wake};
 use crate::metrics::Metrics;
 use crate::model::{Outcome, PendingJson};
 
@@ -126,7 +126,9 @@ pub async fn upgrade(
     let (accept, on_upgrade) = handshake(&headers, upgrade).ok_or(ApiError::InvalidRequest(
         "GET /ws needs a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)",
     ))?;
-    let subscription = subscribe(&app, id, Transport::Ws, app.config.push_timeout)
+    let subscription = app
+        .backplane
+        .subscribe(id, Transport::Ws, app.config.push_timeout)
         .await
         .map_err(|refused| ApiError::refused(refused, id))?;
     let keep_alive = app.config.keep_alive;
