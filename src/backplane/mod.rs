@@ -121,8 +121,11 @@ impl Backplane {
         };
         match recorded {
             Ok(Some(outcome)) => {
-                drop(waiting);
+                // Delivered while this waiter still waits, so the hub keeps
+                // it (it keeps outcomes of other instances only where a
+                // waiter waits); the next registration finds it recorded.
                 self.hub.deliver(outcome);
+                drop(waiting);
                 self.hub.subscribe_via(id, transport, wait)
             }
             Ok(None) => Ok(Subscription::Waiting(waiting)),
