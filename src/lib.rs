@@ -34,6 +34,7 @@
 pub mod app;
 pub mod backplane;
 pub mod callback;
+pub mod cli;
 pub mod config;
 pub mod cors;
 pub mod error;
@@ -41,7 +42,6 @@ pub mod handlers;
 pub mod hub;
 pub mod metrics;
 pub mod model;
-pub mod preface;
 pub mod qr;
 pub mod refusals;
 pub mod routes;

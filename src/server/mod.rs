@@ -4,7 +4,7 @@
 //! `warp::service(routes)` with hyper's connection builders: one listener
 //! speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c, what a proxy such
 //! as HAProxy or Envoy sends upstream), told apart by their first bytes
-//! ([`crate::preface`]). Each protocol's settings (head size limits,
+//! ([`preface`]). Each protocol's settings (head size limits,
 //! timeouts, buffers, stream counts, flow-control windows) live here.
 //!
 //! Every connection has deadlines whatever its client does: it must show
@@ -29,30 +29,33 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+mod h2;
+pub(crate) mod preface;
+
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::future::{self, Either, Ready};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
 use tower::ServiceBuilder;
 use tower_http::set_header::SetResponseHeaderLayer;
-use warp::http::{header, HeaderValue, Request, Version};
-use warp::reply::{Reply, Response};
+use warp::http::{header, HeaderValue};
 
 use crate::app::App;
 use crate::backplane::Backplane;
 use crate::cors::ListedOrigins;
-use crate::error::ApiError;
-use crate::preface::{self, NoProtocol, Prefixed, Protocol};
 use crate::transport::ws;
 use crate::{refusals, routes};
+use h2::{
+    OpenStreams, StreamBudget, StreamExecutor, H2_IDLE_TIMEOUT, H2_PING_INTERVAL, H2_PING_TIMEOUT,
+    H2_STREAMS_PER_WAITER_SLOT, H2_STREAM_GRACE,
+};
+use preface::{NoProtocol, Prefixed, Protocol};
 
 /// Request line and headers above this size get `431`: hyper reads at most
 /// this much before the headers are complete.
@@ -74,29 +77,9 @@ pub const H2_MAX_SEND_BUFFER: usize = 64 * 1024;
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// How often shutdown looks whether every waiter (WebSockets) has ended.
 const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(10);
-/// An HTTP/2 connection with no open stream for this long is closed
-/// (`GOAWAY`), as an idle HTTP/1.1 keep-alive connection is.
-pub const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often an HTTP/2 connection that received nothing pings its peer...
-pub const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
-/// ...and how long the peer has to answer before the connection is closed:
-/// a peer that died without a word is found.
-pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long an HTTP/2 stream may outlive the push timeout: the longest a
-/// stream lives on its own is the push timeout (a waiting stream) or a
-/// callback's head and body deadlines; one still there after this makes no
-/// progress (its client grants no flow-control window) and is reset.
-pub const H2_STREAM_GRACE: Duration = HEADER_READ_TIMEOUT;
 /// How long a connection asked to finish (shutdown, idle) may take to do
 /// so before it is dropped: a peer that never reads cannot hold it.
 const FINISH_DEADLINE: Duration = SHUTDOWN_GRACE;
-
-/// HTTP/2 streams in flight on all connections at once, as a multiple of
-/// the waiter limit: each waiter is one, and the rest (callbacks, pages)
-/// end at once unless their client grants no window. Past it, a new
-/// stream is answered `503` at once, so streams that a client never reads
-/// cannot pile up across many connections until their deadline.
-pub const H2_STREAMS_PER_WAITER_SLOT: usize = 2;
 
 /// The two protocols' connection settings.
 #[derive(Clone)]
@@ -146,117 +129,6 @@ impl Builders {
             .keep_alive_interval(H2_PING_INTERVAL)
             .keep_alive_timeout(H2_PING_TIMEOUT);
         h2
-    }
-}
-
-/// The open streams of one HTTP/2 connection, for its idle deadline.
-#[derive(Debug, Default)]
-struct OpenStreams {
-    count: AtomicUsize,
-    /// Notified whenever a stream opens or ends.
-    changed: Notify,
-}
-
-impl OpenStreams {
-    /// Completes once the connection has had no open stream for
-    /// [`H2_IDLE_TIMEOUT`] (from its start, or from its last stream's end).
-    async fn idle(&self) {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.count.load(Ordering::SeqCst) > 0 {
-                changed.await;
-                continue;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(H2_IDLE_TIMEOUT) => {
-                    if self.count.load(Ordering::SeqCst) == 0 {
-                        return;
-                    }
-                }
-                _ = changed => {}
-            }
-        }
-    }
-}
-
-/// Counts a stream open until dropped, on its connection and in all.
-struct StreamGuard(Arc<OpenStreams>, Arc<AtomicUsize>);
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        self.1.fetch_sub(1, Ordering::Relaxed);
-        self.0.count.fetch_sub(1, Ordering::SeqCst);
-        self.0.changed.notify_waiters();
-    }
-}
-
-/// hyper runs each HTTP/2 stream as a task of its own through this
-/// executor: it counts the stream open for the connection's idle deadline,
-/// and drops (resets) a stream still there at its deadline. hyper only
-/// polls a stream's body when the client grants window, so a stream whose
-/// client reads nothing could not end itself.
-#[derive(Clone)]
-struct StreamExecutor {
-    deadline: Duration,
-    /// Every connection's streams, for [`StreamBudget`].
-    all_streams: Arc<AtomicUsize>,
-    streams: Arc<OpenStreams>,
-}
-
-impl<F> hyper::rt::Executor<F> for StreamExecutor
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    fn execute(&self, stream: F) {
-        self.all_streams.fetch_add(1, Ordering::Relaxed);
-        self.streams.count.fetch_add(1, Ordering::SeqCst);
-        self.streams.changed.notify_waiters();
-        let guard = StreamGuard(self.streams.clone(), self.all_streams.clone());
-        let deadline = self.deadline;
-        tokio::spawn(async move {
-            if tokio::time::timeout(deadline, stream).await.is_err() {
-                log::debug!("an HTTP/2 stream made no progress for {deadline:?}; reset");
-            }
-            drop(guard);
-        });
-    }
-}
-
-/// A service that answers a new HTTP/2 request `503 over_capacity` at once
-/// while the streams in flight on all connections are over `limit` (see
-/// [`H2_STREAMS_PER_WAITER_SLOT`]); other requests go to `inner`.
-#[derive(Clone)]
-struct StreamBudget<S> {
-    inner: S,
-    h2_streams: Arc<AtomicUsize>,
-    limit: usize,
-}
-
-impl<S, B> tower::Service<Request<B>> for StreamBudget<S>
-where
-    S: tower::Service<Request<B>, Response = Response>,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let over = request.version() == Version::HTTP_2
-            && self.h2_streams.load(Ordering::Relaxed) > self.limit;
-        if over {
-            refusals::refused(
-                "h2_streams",
-                "too many HTTP/2 streams in flight; a new one is answered 503".into(),
-            );
-            return Either::Left(future::ready(Ok(ApiError::OverCapacity.into_response())));
-        }
-        Either::Right(self.inner.call(request))
     }
 }
 
@@ -315,6 +187,23 @@ async fn drive<C>(
     if let Err(e) = result {
         log::debug!("connection from {peer} ended: {e}");
     }
+}
+
+/// Connections the kernel queues before paypush accepts them: a burst of
+/// reconnecting EventSources must not overflow it (the default, 128, drops
+/// SYNs and costs each dropped client a 1 s retransmit).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the listening socket with [`LISTEN_BACKLOG`].
+pub fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves only `GET /metrics` of `app` on `listener` (`--metrics-bind`, an
