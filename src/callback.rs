@@ -12,7 +12,7 @@ use warp::reply::{Reply, Response};
 use warp::Rejection;
 
 use crate::app::App;
-use crate::backplane::{Completion, Nonce, RecordError, Stored};
+use crate::backplane::{Completion, Durable, Nonce, RecordError};
 use crate::error::ApiError;
 use crate::metrics::CallbackResult;
 use crate::model::{Callback, CallbackJson, Outcome, PayRecordId, Status};
@@ -35,11 +35,11 @@ pub struct CallbackRequest {
 impl CallbackRequest {
     /// Checks the signature headers when a callback secret is set; the nonce
     /// is remembered only once every other check has passed. Returns the
-    /// nonce's claim (signed mode) and a [`Stored`] that resolves once it is
+    /// nonce's claim (signed mode) and a [`Durable`] that resolves once it is
     /// durable.
-    async fn authenticate(&self, app: &App) -> Result<(Option<NonceClaim>, Stored), ApiError> {
+    async fn authenticate(&self, app: &App) -> Result<(Option<NonceClaim>, Durable), ApiError> {
         let Some(secret) = &app.config.callback_secret else {
-            return Ok((None, Stored::now()));
+            return Ok((None, Durable::now()));
         };
         // Signed as sent: a header that is not text signs (and so matches)
         // nothing but its lossy reading, and is refused later as 415.
@@ -199,7 +199,7 @@ pub(crate) async fn callback(request: CallbackRequest, app: App) -> Result<Respo
 async fn record_callback(
     request: &CallbackRequest,
     app: &App,
-    nonce_stored: Stored,
+    nonce_stored: Durable,
 ) -> Result<(PayRecordId, Status, Completion), ApiError> {
     let Callback {
         pay_record_id: id,

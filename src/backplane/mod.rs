@@ -33,7 +33,7 @@ use redis::Redis;
 pub(crate) use redis::RedisUrl;
 
 pub use crate::hub::{
-    Completion, Stats, Stored, SubscribeError, Subscription, Transport, Waiting, Wake,
+    Completion, Durable, Stats, SubscribeError, Subscription, Transport, Waiting, Wake,
 };
 
 /// Where outcomes are decided: one process, Redis, or a Redis Cluster.
@@ -55,8 +55,8 @@ pub struct Backplane {
 /// A signed callback's nonce as the backplane found it.
 #[derive(Debug)]
 pub(crate) enum Nonce {
-    /// New: remembered now; [`Stored::wait`] for it before answering.
-    Fresh(Stored),
+    /// New: remembered now; [`Durable::wait`] for it before answering.
+    Fresh(Durable),
     /// Seen in the memory window: a replay.
     Replayed,
 }
@@ -210,7 +210,7 @@ impl Backplane {
             Mode::Cluster(cluster) => cluster.remember_nonce(nonce, memory).await?,
         };
         Ok(if fresh {
-            Nonce::Fresh(Stored::now())
+            Nonce::Fresh(Durable::now())
         } else {
             Nonce::Replayed
         })
