@@ -36,6 +36,8 @@ impl std::fmt::Display for StartError {
     }
 }
 
+impl std::error::Error for StartError {}
+
 /// What every handler shares; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct App {
