@@ -4,7 +4,9 @@
 //! It sits below the hub: the hub decides (first outcome wins) and hands each
 //! new outcome and nonce to [`Store::append`]; it lets streams, duplicates and
 //! the callback itself see the outcome only once the store says it is
-//! durable. Nothing above the hub touches the store.
+//! durable. Nothing above the hub writes to the store: `app` opens it at
+//! start-up and hands it (with what it read back) to the hub, and a refused
+//! record's [`StoreError`] reaches the API inside the backplane's one error.
 //!
 //! # Design
 //!
