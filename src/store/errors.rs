@@ -87,3 +87,5 @@ impl fmt::Display for OpenError {
         }
     }
 }
+
+impl std::error::Error for OpenError {}
