@@ -19,7 +19,10 @@
 //! the first one by trying every later offset (a length in range, a matching
 //! CRC-32 and a payload that parses: bytes with a plausible length pass the
 //! checksum about once in four billion tries). What the store does with each
-//! case is in [`crate::store`].
+//! case is in [`crate::store`] (the design) and its `folder` room (the reading).
+//!
+//! A leaf of the store: it imports the crate's model and the nonce's length,
+//! and must not import any other room of the store, which all read it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
