@@ -73,7 +73,7 @@ impl App {
             } else {
                 let store_config = StoreConfig {
                     dir: config.data_dir.clone(),
-                    durability: config.durability,
+                    durability: config.durability.into(),
                     outcome_ttl: config.outcome_ttl,
                     nonce_memory: NONCE_MEMORY,
                 };

@@ -132,7 +132,7 @@ pub struct Config {
 
     /// When a callback is answered: after fdatasync (disk: survives a power cut) or once the OS has the data (process: survives a crash of paypush).
     #[arg(long, env = "PAYPUSH_DURABILITY", default_value = "disk", value_enum)]
-    pub durability: Durability,
+    pub durability: DurabilityArg,
 
     /// Keep outcomes in memory only: nothing on disk, outcomes lost on restart.
     #[arg(long, env = "PAYPUSH_IN_MEMORY")]
@@ -216,6 +216,24 @@ pub enum Command {
         #[arg(long, value_name = "N", value_parser = parse_pay_record_id)]
         pay_record_id: PayRecordId,
     },
+}
+
+/// `--durability`'s words; the store's [`Durability`] knows no CLI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DurabilityArg {
+    /// After `fdatasync`: survives a power cut.
+    Disk,
+    /// After `write`: survives a crash of paypush, not of the machine.
+    Process,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(arg: DurabilityArg) -> Durability {
+        match arg {
+            DurabilityArg::Disk => Durability::Disk,
+            DurabilityArg::Process => Durability::Process,
+        }
+    }
 }
 
 impl Config {
@@ -399,7 +417,7 @@ mod tests {
         assert_eq!(config.max_streams_per_payment, 16);
         assert_eq!(config.stream_limit(20_000), 19_488);
         assert_eq!(config.data_dir, PathBuf::from("paypush-data"));
-        assert_eq!(config.durability, Durability::Disk);
+        assert_eq!(Durability::from(config.durability), Durability::Disk);
         assert!(!config.in_memory);
         assert_eq!(config.max_outcomes, 5_000_000);
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::record::{unix_millis, Record};
 
 /// When a callback's `200` may be sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     /// After `fdatasync`: survives a power cut.
     Disk,
