@@ -7,16 +7,16 @@
 //! Without a language's runtime on `PATH` its test prints why and passes,
 //! unless `PAYPUSH_REQUIRE_EXAMPLES=1` (set by `scripts/test`), when it fails.
 
-#[path = "api/helpers.rs"]
+#[path = "support/mod.rs"]
 #[allow(dead_code)]
-mod helpers;
+mod support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use helpers::{spawn_binary, Binary, EventStream};
+use support::{spawn_binary, Binary, EventStream};
 
 /// Set to `1` to fail, instead of skip, when a runtime is missing.
 const REQUIRE_EXAMPLES: &str = "PAYPUSH_REQUIRE_EXAMPLES";

@@ -5,9 +5,9 @@
 //! Without `redis-server` (or, for the nginx test, `nginx`) on `PATH`, each
 //! test prints why and passes, unless `PAYPUSH_REQUIRE_REDIS=1`, when it fails.
 
-#[path = "api/helpers.rs"]
+#[path = "support/mod.rs"]
 #[allow(dead_code)]
-mod helpers;
+mod support;
 
 /// The hostile clients' patterns (see `tests/abuse.rs`), for any mode.
 #[path = "abuse/patterns.rs"]
@@ -28,7 +28,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use helpers::{spawn_app, EventStream, TestApp, PATIENCE};
+use support::{spawn_app, EventStream, TestApp, PATIENCE};
 
 /// Set to `1` to fail, instead of skip, when redis-server or nginx is missing.
 const REQUIRE_REDIS: &str = "PAYPUSH_REQUIRE_REDIS";
@@ -281,13 +281,13 @@ async fn websocket_on_one_instance_gets_a_callback_on_another() {
     };
     let mut socket = b.ws_pending("5").await;
     let answer: Value = a.callback("5", None).await.json().await.unwrap();
-    let outcome = helpers::next_json(&mut socket).await;
+    let outcome = support::next_json(&mut socket).await;
     assert_eq!(outcome["status"], "SUCCESS");
     assert_eq!(outcome["completedAt"], answer["completedAt"]);
-    assert_eq!(helpers::next_close(&mut socket).await.0, 1000);
+    assert_eq!(support::next_close(&mut socket).await.0, 1000);
     // A late socket on A gets the recorded outcome at once.
     let mut late = a.ws("/ws?payRecordId=5").await;
-    assert_eq!(helpers::next_json(&mut late).await, outcome);
+    assert_eq!(support::next_json(&mut late).await, outcome);
 }
 
 #[tokio::test]
@@ -473,7 +473,7 @@ async fn callback_during_a_subscriber_drop_is_still_delivered() {
 /// A callback signed by `paypush sign` (secret `shared-secret`) is taken
 /// by `a`, and the very same request replayed to `b` is `401`.
 async fn assert_replay_refused_across(a: &TestApp, b: &TestApp, path: &str) {
-    let headers = helpers::paypush_sign(None, &["--secret", "shared-secret", "--path", path]);
+    let headers = support::paypush_sign(None, &["--secret", "shared-secret", "--path", path]);
     let send = |app: &TestApp| {
         let mut request = app.client.get(app.url(path));
         for (name, value) in &headers {
@@ -529,7 +529,7 @@ async fn a_signed_callback_answered_503_is_recorded_when_retried_verbatim() {
     };
     let mut stream = b.push_pending("8").await;
     let path = "/pay-callback?payRecordId=8&status=SUCCESS";
-    let headers = helpers::paypush_sign(None, &["--secret", "shared-secret", "--path", path]);
+    let headers = support::paypush_sign(None, &["--secret", "shared-secret", "--path", path]);
 
     // The nonce's SET is allowed, the record script is not: a real failure
     // of the record step after the nonce was remembered.
@@ -563,7 +563,7 @@ async fn a_signed_callback_whose_client_went_away_can_be_retried_verbatim() {
     };
     let mut stream = a.push_pending("9").await;
     let path = "/pay-callback?payRecordId=9&status=FAILED";
-    let headers = helpers::paypush_sign(None, &["--secret", "shared-secret", "--path", path]);
+    let headers = support::paypush_sign(None, &["--secret", "shared-secret", "--path", path]);
 
     // Writes wait (shorter than paypush's Redis timeout, so no 503): the
     // nonce's SET is sent and waits in Redis while the client gives up
@@ -764,7 +764,7 @@ async fn websocket_and_long_poll_work_through_nginx() {
     let (mut socket, _) = tokio_tungstenite::connect_async(request)
         .await
         .expect("the upgrade passes through nginx");
-    assert_eq!(helpers::next_json(&mut socket).await["status"], "PENDING");
+    assert_eq!(support::next_json(&mut socket).await["status"], "PENDING");
     let url = nginx.url("/status?payRecordId=11&wait=25");
     let poll = tokio::spawn(async move { reqwest::get(url).await.unwrap().json::<Value>().await });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -776,9 +776,9 @@ async fn websocket_and_long_poll_work_through_nginx() {
         .await
         .unwrap();
 
-    let outcome = helpers::next_json(&mut socket).await;
+    let outcome = support::next_json(&mut socket).await;
     assert_eq!(outcome["completedAt"], answer["completedAt"]);
-    assert_eq!(helpers::next_close(&mut socket).await.0, 1000);
+    assert_eq!(support::next_close(&mut socket).await.0, 1000);
     let polled = tokio::time::timeout(PATIENCE, poll)
         .await
         .unwrap()
@@ -818,7 +818,7 @@ async fn outcomes_answered_200_survive_a_sigkilled_redis_with_appendonly() {
         return;
     }
     let mut redis = RedisServer::new();
-    redis.appendonly = Some(helpers::temp_dir());
+    redis.appendonly = Some(support::temp_dir());
     redis.restart().await;
     let a = instance(&redis.url(), &[]).await;
     let mut answered = Vec::new();
@@ -859,7 +859,7 @@ struct HaProxy {
 impl HaProxy {
     async fn start(upstreams: [&TestApp; 2]) -> HaProxy {
         let port = free_port();
-        let dir = helpers::temp_dir();
+        let dir = support::temp_dir();
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, deploy_config("haproxy.cfg", upstreams, port)).unwrap();
         let child = Command::new("haproxy")

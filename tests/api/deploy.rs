@@ -28,7 +28,7 @@ async fn the_systemd_unit_verifies() {
     ] {
         assert!(unit.contains(setting), "{setting} is missing");
     }
-    let dir = crate::helpers::temp_dir();
+    let dir = crate::support::temp_dir();
     let path = dir.path().join("paypush.service");
     let unit = unit.replace("/usr/local/bin/paypush", env!("CARGO_BIN_EXE_paypush"));
     std::fs::write(&path, unit).expect("write the unit");

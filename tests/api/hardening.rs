@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{
+use crate::support::{
     paypush_command, spawn_app, spawn_binary, start_binary, temp_dir, Binary, PATIENCE,
 };
 
@@ -248,7 +248,7 @@ fn long_host() -> String {
 }
 
 /// `GET path` over raw TCP with this `Host`; the whole answer as text.
-async fn get_with_host(app: &crate::helpers::TestApp, path: &str, host: &str) -> String {
+async fn get_with_host(app: &crate::support::TestApp, path: &str, host: &str) -> String {
     let mut tcp = TcpStream::connect(app.addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.unwrap();

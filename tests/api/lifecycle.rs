@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{
+use crate::support::{
     next_close, next_json, refused_at_start, spawn_app, spawn_binary, EventStream, PATIENCE,
 };
 

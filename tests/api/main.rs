@@ -5,7 +5,6 @@ mod deploy;
 mod errors;
 mod h2c;
 mod hardening;
-mod helpers;
 mod lifecycle;
 mod openapi;
 mod push;
@@ -13,4 +12,6 @@ mod qr;
 mod security;
 mod status;
 mod store;
+#[path = "../support/mod.rs"]
+mod support;
 mod ws;

@@ -7,7 +7,7 @@ use paypush::signature::{media_type, signature_of, subscribe_token, Secret, Sign
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::support::{spawn_app, TestApp};
 
 const SECRET: &str = "callback-secret-for-tests";
 const NONCE: &str = "nonce-0123456789abcdef";
@@ -425,7 +425,7 @@ async fn push_requires_the_payment_token_when_a_subscribe_secret_is_set() {
     assert_eq!(borrowed.status(), 403, "a token is bound to its payment");
 
     let token = subscribe_token(&secret, PayRecordId::parse("13").unwrap());
-    let mut stream = crate::helpers::EventStream::new(
+    let mut stream = crate::support::EventStream::new(
         app.get(&format!("/push?payRecordId=13&token={token}"))
             .await,
     );
@@ -440,7 +440,7 @@ async fn push_requires_the_payment_token_when_a_subscribe_secret_is_set() {
 async fn sign_subcommand_prints_headers_the_server_accepts() {
     let app = signed_app().await;
     let path = "/pay-callback?payRecordId=15&status=CLOSED";
-    let headers = crate::helpers::paypush_sign(Some(SECRET), &["--path", path]);
+    let headers = crate::support::paypush_sign(Some(SECRET), &["--path", path]);
     assert_eq!(headers.len(), 3, "{headers:?}");
     let mut request = app.client.get(app.url(path));
     for (name, value) in headers {
@@ -546,8 +546,8 @@ async fn secret_on_the_command_line_warns_and_is_never_logged() {
 /// Starts the binary with these flags and environment, stops it with SIGTERM
 /// once it listens, and returns everything it logged.
 async fn spawn_and_collect_log(flags: &[&str], env: &[(&str, &str)]) -> String {
-    let dir = crate::helpers::temp_dir();
-    let mut child = crate::helpers::paypush_command(dir.path())
+    let dir = crate::support::temp_dir();
+    let mut child = crate::support::paypush_command(dir.path())
         .args(["--bind", "127.0.0.1:0"])
         .args(flags)
         .envs(env.iter().copied())
@@ -751,7 +751,7 @@ fn signed_headers(
         args.push(format!("--content-type={content_type}"));
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    crate::helpers::paypush_sign(Some(SECRET), &args)
+    crate::support::paypush_sign(Some(SECRET), &args)
 }
 
 #[test]

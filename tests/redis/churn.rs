@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use super::{command, have, RedisCluster, CLUSTER_PATIENCE};
 use crate::abuse_patterns::{cpu_seconds, metric};
-use crate::helpers::{paypush_command, start_binary, temp_dir, Binary, EventStream};
+use crate::support::{paypush_command, start_binary, temp_dir, Binary, EventStream};
 
 /// Requests cancelled mid-subscribe.
 const ABORTED: u64 = 3000;

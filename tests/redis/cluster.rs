@@ -22,7 +22,7 @@ mod churn;
 #[path = "abuse.rs"]
 mod abuse;
 
-use super::helpers::{refused_at_start, spawn_app, EventStream, TestApp, PATIENCE};
+use super::support::{refused_at_start, spawn_app, EventStream, TestApp, PATIENCE};
 use super::{assert_replay_refused_across, have, send_signed, status_and_body, wait_until_ready};
 
 /// A cluster node's bus port is its port + 10 000, at most 65 535.
@@ -273,7 +273,7 @@ async fn total(instances: &[TestApp], metric: &str) -> f64 {
 enum Waiter {
     Sse(EventStream),
     Poll(tokio::task::JoinHandle<Value>),
-    Ws(super::helpers::WsClient),
+    Ws(super::support::WsClient),
 }
 
 impl Waiter {
@@ -307,8 +307,8 @@ impl Waiter {
                 .expect("woken in time")
                 .unwrap(),
             Waiter::Ws(mut socket) => {
-                let outcome = super::helpers::next_json(&mut socket).await;
-                assert_eq!(super::helpers::next_close(&mut socket).await.0, 1000);
+                let outcome = super::support::next_json(&mut socket).await;
+                assert_eq!(super::support::next_close(&mut socket).await.0, 1000);
                 outcome
             }
         }
@@ -529,7 +529,7 @@ async fn cluster_signed_callback_answered_503_is_recorded_when_retried_verbatim(
     let mut stream = b.push_pending(&id).await;
     let path = format!("/pay-callback?payRecordId={id}&status=CLOSED");
     let headers =
-        super::helpers::paypush_sign(None, &["--secret", "shared-secret", "--path", &path]);
+        super::support::paypush_sign(None, &["--secret", "shared-secret", "--path", &path]);
 
     // The nonce's SET is allowed, the record script is not.
     redis.set_default_user(&["-eval", "-evalsha"]).await;
