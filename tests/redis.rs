@@ -18,7 +18,6 @@ mod abuse_patterns;
 #[path = "redis/cluster.rs"]
 mod cluster;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -28,34 +27,14 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use support::{spawn_app, EventStream, TestApp, PATIENCE};
+use support::{free_port, spawn_app, EventStream, Suite, TestApp, PATIENCE};
 
-/// Set to `1` to fail, instead of skip, when redis-server or nginx is missing.
-const REQUIRE_REDIS: &str = "PAYPUSH_REQUIRE_REDIS";
-
-/// True when `program` is installed; otherwise says why the test is skipped
-/// (or fails it when [`REQUIRE_REDIS`] is set).
-fn have(program: &str, package: &str, test: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
-    if found {
-        return true;
-    }
-    let why = format!("{test}: no {program} on PATH; install Debian's {package}");
-    if std::env::var(REQUIRE_REDIS).is_ok_and(|v| v == "1") {
-        panic!("{why} ({REQUIRE_REDIS}=1 requires the Redis tests)");
-    }
-    // Straight to stderr, past the test harness's capture.
-    let _ = writeln!(std::io::stderr(), "SKIPPED redis test {why}");
-    false
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+/// Without `redis-server` (or the proxy a test needs), its test skips,
+/// unless `PAYPUSH_REQUIRE_REDIS=1`.
+const REDIS: Suite = Suite {
+    tests: "the Redis tests",
+    required_by: Some("PAYPUSH_REQUIRE_REDIS"),
+};
 
 /// A `redis-server` of the test's own: no persistence, or an append-only
 /// file in a folder of its own.
@@ -139,7 +118,7 @@ async fn cluster<const N: usize>(
     test: &str,
     flags: &[&str],
 ) -> Option<(RedisServer, [TestApp; N])> {
-    if !have("redis-server", "redis-server", test) {
+    if !REDIS.require("redis-server", "redis-server", test) {
         return None;
     }
     let redis = RedisServer::start().await;
@@ -412,7 +391,7 @@ async fn redis_outage_gives_503_keeps_streams_and_recovers() {
 
 #[tokio::test]
 async fn callback_during_a_subscriber_drop_is_still_delivered() {
-    if !have(
+    if !REDIS.require(
         "redis-server",
         "redis-server",
         "callback_during_a_subscriber_drop_is_still_delivered",
@@ -662,7 +641,9 @@ impl Drop for Nginx {
 #[tokio::test]
 async fn two_instances_behind_nginx_deliver_across_and_unbuffered() {
     let test = "two_instances_behind_nginx_deliver_across_and_unbuffered";
-    if !have("redis-server", "redis-server", test) || !have("nginx", "nginx", test) {
+    if !REDIS.require("redis-server", "redis-server", test)
+        || !REDIS.require("nginx", "nginx", test)
+    {
         return;
     }
     let redis = RedisServer::start().await;
@@ -745,7 +726,9 @@ async fn during_a_redis_outage_status_is_503_and_a_long_poll_waits_for_the_outco
 #[tokio::test]
 async fn websocket_and_long_poll_work_through_nginx() {
     let test = "websocket_and_long_poll_work_through_nginx";
-    if !have("redis-server", "redis-server", test) || !have("nginx", "nginx", test) {
+    if !REDIS.require("redis-server", "redis-server", test)
+        || !REDIS.require("nginx", "nginx", test)
+    {
         return;
     }
     let redis = RedisServer::start().await;
@@ -789,7 +772,7 @@ async fn websocket_and_long_poll_work_through_nginx() {
 
 #[tokio::test]
 async fn paypush_started_before_redis_becomes_ready_when_redis_appears() {
-    if !have(
+    if !REDIS.require(
         "redis-server",
         "redis-server",
         "paypush_started_before_redis_becomes_ready_when_redis_appears",
@@ -814,7 +797,7 @@ async fn paypush_started_before_redis_becomes_ready_when_redis_appears() {
 #[tokio::test]
 async fn outcomes_answered_200_survive_a_sigkilled_redis_with_appendonly() {
     let test = "outcomes_answered_200_survive_a_sigkilled_redis_with_appendonly";
-    if !have("redis-server", "redis-server", test) {
+    if !REDIS.require("redis-server", "redis-server", test) {
         return;
     }
     let mut redis = RedisServer::new();
@@ -887,7 +870,9 @@ impl HaProxy {
 #[tokio::test]
 async fn two_instances_behind_haproxy_over_h2c_deliver_across_and_unbuffered() {
     let test = "two_instances_behind_haproxy_over_h2c_deliver_across_and_unbuffered";
-    if !have("redis-server", "redis-server", test) || !have("haproxy", "haproxy", test) {
+    if !REDIS.require("redis-server", "redis-server", test)
+        || !REDIS.require("haproxy", "haproxy", test)
+    {
         return;
     }
     let redis = RedisServer::start().await;

@@ -12,6 +12,8 @@ mod qr;
 mod security;
 mod status;
 mod store;
+/// Shared with the other test binaries, which use other parts of it.
 #[path = "../support/mod.rs"]
+#[allow(dead_code)]
 mod support;
 mod ws;

@@ -23,7 +23,7 @@ mod churn;
 mod abuse;
 
 use super::support::{refused_at_start, spawn_app, EventStream, TestApp, PATIENCE};
-use super::{assert_replay_refused_across, have, send_signed, status_and_body, wait_until_ready};
+use super::{assert_replay_refused_across, send_signed, status_and_body, wait_until_ready, REDIS};
 
 /// A cluster node's bus port is its port + 10 000, at most 65 535.
 const MAX_NODE_PORT: u16 = 55_535;
@@ -34,7 +34,7 @@ const CLUSTER_PATIENCE: Duration = Duration::from_secs(30);
 
 fn free_node_port() -> u16 {
     loop {
-        let port = super::free_port();
+        let port = crate::support::free_port();
         if port <= MAX_NODE_PORT {
             return port;
         }
@@ -220,7 +220,9 @@ async fn cluster<const N: usize>(
     test: &str,
     flags: &[&str],
 ) -> Option<(RedisCluster, [TestApp; N])> {
-    if !have("redis-server", "redis-server", test) || !have("redis-cli", "redis-tools", test) {
+    if !REDIS.require("redis-server", "redis-server", test)
+        || !REDIS.require("redis-cli", "redis-tools", test)
+    {
         return None;
     }
     let redis = RedisCluster::start().await;
@@ -555,7 +557,9 @@ async fn cluster_signed_callback_answered_503_is_recorded_when_retried_verbatim(
 #[tokio::test]
 async fn cluster_ready_right_after_start_means_callbacks_across_all_slots_are_200() {
     let test = "cluster_ready_right_after_start";
-    if !have("redis-server", "redis-server", test) || !have("redis-cli", "redis-tools", test) {
+    if !REDIS.require("redis-server", "redis-server", test)
+        || !REDIS.require("redis-cli", "redis-tools", test)
+    {
         return;
     }
     // paypush starts as soon as the cluster is joined: its replicas are

@@ -1,8 +1,14 @@
-//! Test helpers: a real paypush on 127.0.0.1:0 (in-process, or the built
-//! binary as a child process), an HTTP client, an SSE reader and a WebSocket
-//! client (tokio-tungstenite) over real TCP.
+//! What every test binary shares: a real paypush on 127.0.0.1:0
+//! (in-process, or the built binary as a child process), an HTTP client, an
+//! SSE reader and a WebSocket client (tokio-tungstenite) over real TCP, free
+//! ports, and "this test needs that program, or it skips saying why".
+//!
+//! Each binary includes it with `#[path = ".../support/mod.rs"] mod support;`
+//! (and `#[allow(dead_code)]`, as none uses all of it).
 
+use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -24,6 +30,56 @@ pub type WsClient =
 pub const TEST_OPEN_FILE_LIMIT: u64 = 20_000;
 /// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(5);
+
+/// A free TCP port on 127.0.0.1, for a program that must be told its port
+/// (redis-server, nginx, HAProxy): free when asked, so rarely taken by the
+/// time the program binds it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Where `program` is on `PATH`, if it is.
+pub fn on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Tests that need programs a machine may lack: without one, a test says why
+/// and passes, unless the suite's variable is `1` (`scripts/test` sets it),
+/// when it fails.
+pub struct Suite {
+    /// The suite, as a failure names it ("the Redis tests").
+    pub tests: &'static str,
+    /// Set to `1` to fail, instead of skip, when a program is missing;
+    /// `None`: the suite always skips.
+    pub required_by: Option<&'static str>,
+}
+
+impl Suite {
+    /// True when `program` is on `PATH`; otherwise says on stderr that `test`
+    /// is skipped and which Debian `package` to install (or fails it when
+    /// the suite is required).
+    pub fn require(&self, program: &str, package: &str, test: &str) -> bool {
+        if on_path(program).is_some() {
+            return true;
+        }
+        let mut why = format!("{test}: no {program} on PATH; install Debian's {package}");
+        if let Some(variable) = self.required_by {
+            why.push_str(" (scripts/test-deps does)");
+            if std::env::var(variable).is_ok_and(|v| v == "1") {
+                panic!("{why} ({variable}=1 requires {})", self.tests);
+            }
+        }
+        // Straight to stderr, past the test harness's capture.
+        let _ = writeln!(std::io::stderr(), "SKIPPED {why}");
+        false
+    }
+}
 
 /// A paypush served in this process until dropped.
 pub struct TestApp {
