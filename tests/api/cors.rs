@@ -5,6 +5,8 @@
 use crate::support::spawn_app;
 
 const LISTED: &str = "https://shop.example.com";
+/// A second listed origin: each origin of the list gets itself back.
+const LISTED_TOO: &str = "https://m.shop.example.com";
 const UNLISTED: &str = "https://evil.example.net";
 
 /// Every `Access-Control-*` header of an answer, name and value, sorted.
@@ -24,13 +26,15 @@ fn cors_headers(answer: &reqwest::Response) -> Vec<(String, String)> {
     headers
 }
 
-/// Sends `method path` with these headers to a server that lists [`LISTED`].
+/// Sends `method path` with these headers to a server that lists [`LISTED`]
+/// and [`LISTED_TOO`].
 async fn cors_request(
     method: reqwest::Method,
     path: &str,
     headers: &[(&str, &str)],
 ) -> reqwest::Response {
-    let app = spawn_app(&["--allow-origin", LISTED]).await;
+    let origins = format!("{LISTED},{LISTED_TOO}");
+    let app = spawn_app(&["--allow-origin", &origins]).await;
     let mut request = app.client.request(method, app.url(path));
     for (name, value) in headers {
         request = request.header(*name, *value);
@@ -47,22 +51,24 @@ fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn a_listed_origin_gets_exactly_its_origin_and_credentials_on_every_route() {
-    for (path, status) in [
-        ("/push?payRecordId=1301", 200),
-        ("/pay-callback?payRecordId=1302", 200),
-        // The page on that origin may read the JSON error too.
-        ("/no-such-route", 404),
-    ] {
-        let answer = cors_request(reqwest::Method::GET, path, &[("origin", LISTED)]).await;
-        assert_eq!(answer.status(), status, "{path}");
-        assert_eq!(
-            cors_headers(&answer),
-            owned(&[
-                ("access-control-allow-credentials", "true"),
-                ("access-control-allow-origin", LISTED),
-            ]),
-            "{path}"
-        );
+    for origin in [LISTED, LISTED_TOO] {
+        for (path, status) in [
+            ("/push?payRecordId=1301", 200),
+            ("/pay-callback?payRecordId=1302", 200),
+            // The page on that origin may read the JSON error too.
+            ("/no-such-route", 404),
+        ] {
+            let answer = cors_request(reqwest::Method::GET, path, &[("origin", origin)]).await;
+            assert_eq!(answer.status(), status, "{origin} {path}");
+            assert_eq!(
+                cors_headers(&answer),
+                owned(&[
+                    ("access-control-allow-credentials", "true"),
+                    ("access-control-allow-origin", origin),
+                ]),
+                "{origin} {path}"
+            );
+        }
     }
 }
 
@@ -96,12 +102,14 @@ async fn a_listed_origins_preflight_gets_exactly_the_preflight_headers() {
 
 #[tokio::test]
 async fn an_unlisted_origin_gets_no_cors_header_on_push_callbacks_or_unknown_routes() {
-    for path in [
-        "/push?payRecordId=1303",
-        "/pay-callback?payRecordId=1304",
-        "/no-such-route",
+    for (path, status) in [
+        ("/push?payRecordId=1303", 200),
+        ("/pay-callback?payRecordId=1304", 200),
+        ("/no-such-route", 404),
     ] {
         let answer = cors_request(reqwest::Method::GET, path, &[("origin", UNLISTED)]).await;
+        // No CORS headers, but no refusal either.
+        assert_eq!(answer.status(), status, "{path}");
         assert_eq!(cors_headers(&answer), vec![], "{path}");
         // So that a shared cache never gives this answer to a listed origin.
         assert_eq!(answer.headers()["vary"], "origin", "{path}");
@@ -135,78 +143,6 @@ async fn options_without_origin_is_a_plain_404_json_without_cors_headers() {
 }
 
 #[tokio::test]
-async fn listed_origins_get_cors_headers_and_others_none() {
-    let app = spawn_app(&[
-        "--allow-origin",
-        "https://shop.example.com,https://m.shop.example.com",
-    ])
-    .await;
-    let listed = app
-        .client
-        .get(app.url("/push?payRecordId=17"))
-        .header("origin", "https://m.shop.example.com")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        listed.headers()["access-control-allow-origin"],
-        "https://m.shop.example.com"
-    );
-    assert_eq!(listed.headers()["access-control-allow-credentials"], "true");
-    drop(listed);
-
-    let unlisted = app
-        .client
-        .get(app.url("/push?payRecordId=18"))
-        .header("origin", "https://evil.example.net")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        unlisted.status(),
-        200,
-        "no CORS headers, but no refusal either"
-    );
-    assert!(unlisted
-        .headers()
-        .get("access-control-allow-origin")
-        .is_none());
-    drop(unlisted);
-
-    let preflight = app
-        .client
-        .request(reqwest::Method::OPTIONS, app.url("/pay-callback"))
-        .header("origin", "https://shop.example.com")
-        .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "content-type")
-        .send()
-        .await
-        .unwrap();
-    assert!(preflight.status().is_success());
-    assert_eq!(
-        preflight.headers()["access-control-allow-origin"],
-        "https://shop.example.com"
-    );
-    let methods = preflight.headers()["access-control-allow-methods"]
-        .to_str()
-        .unwrap();
-    assert!(methods.contains("POST"), "{methods}");
-
-    let other_preflight = app
-        .client
-        .request(reqwest::Method::OPTIONS, app.url("/pay-callback"))
-        .header("origin", "https://evil.example.net")
-        .header("access-control-request-method", "POST")
-        .send()
-        .await
-        .unwrap();
-    assert!(other_preflight
-        .headers()
-        .get("access-control-allow-origin")
-        .is_none());
-}
-
-#[tokio::test]
 async fn without_allow_origin_there_are_no_cors_headers() {
     let app = spawn_app(&[]).await;
     let answer = app
@@ -216,10 +152,8 @@ async fn without_allow_origin_there_are_no_cors_headers() {
         .send()
         .await
         .unwrap();
-    assert!(answer
-        .headers()
-        .get("access-control-allow-origin")
-        .is_none());
+    assert_eq!(answer.status(), 200);
+    assert_eq!(cors_headers(&answer), vec![]);
 }
 
 #[tokio::test]
