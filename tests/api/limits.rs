@@ -3,12 +3,14 @@
 //! streams are capped, and a store at `--max-outcomes` says so on
 //! `/readyz`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::spawn_app;
+use crate::support::{spawn_app, PATIENCE};
 
 /// The contract's deadline for a body, plus room for a loaded machine.
 const BODY_DEADLINE_AND_SLACK: Duration = Duration::from_secs(15);
@@ -65,41 +67,82 @@ async fn a_body_that_stalls_over_h2c_gets_408_json() {
     assert_eq!(body["error"], "request_timeout");
 }
 
+/// The callback flood's connections, from one client ...
+const FLOODERS: u64 = 32;
+/// ... each sending this many callbacks, one after the other.
+const FLOOD_PER_FLOODER: u64 = 150;
+/// The longest another client's payment (open `/push`, its callback, the
+/// outcome on the stream: three exchanges) may take during that flood.
+/// Measured on a shared 2-core machine, debug build: the payment 15-200 ms,
+/// the flood 5-7 s (every callback recorded in the store). A server that
+/// served the flood before it would keep it waiting most of those seconds.
+/// 2 s is ten times the slowest payment seen, for a busy CI machine running
+/// the other tests beside it, and still well under the flood; the payment
+/// must also be through before the flood is.
+const PROBE_BOUND: Duration = Duration::from_secs(2);
+
 #[tokio::test]
 async fn a_flood_of_callbacks_from_one_client_does_not_starve_another() {
     let app = spawn_app(&[]).await;
     let flooder = reqwest::Client::builder()
-        .pool_max_idle_per_host(32)
+        .pool_max_idle_per_host(FLOODERS as usize)
         .build()
         .unwrap();
     let base = app.url("");
-    let flood: Vec<_> = (0..32)
+    let answered = Arc::new(AtomicU64::new(0));
+    let flood_started = Instant::now();
+    let flood: Vec<_> = (0..FLOODERS)
         .map(|worker| {
-            let (flooder, base) = (flooder.clone(), base.clone());
+            let (flooder, base, answered) = (flooder.clone(), base.clone(), answered.clone());
             tokio::spawn(async move {
-                for i in 0..150 {
+                for i in 0..FLOOD_PER_FLOODER {
                     let url = format!(
                         "{base}/pay-callback?payRecordId={}",
                         1_000_000 + worker * 1000 + i
                     );
                     let _ = flooder.get(url).send().await;
+                    answered.fetch_add(1, Ordering::Relaxed);
                 }
             })
         })
         .collect();
-    // Meanwhile, another customer's payment goes through.
+    // Once the flood is under way ...
+    let total = FLOODERS * FLOOD_PER_FLOODER;
+    while answered.load(Ordering::Relaxed) < FLOODERS {
+        assert!(
+            flood_started.elapsed() < PATIENCE,
+            "the flood never started"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // ... another customer's payment goes through, promptly.
+    let probe = Instant::now();
     let mut stream = app.push_pending("19").await;
     assert_eq!(app.callback("19", None).await.status(), 200);
     assert_eq!(
         stream.next_event().await.unwrap().json()["status"],
         "SUCCESS"
     );
+    let probe_took = probe.elapsed();
+    let answered_by_then = answered.load(Ordering::Relaxed);
     for worker in flood {
         worker.await.unwrap();
     }
+    let flood_took = flood_started.elapsed();
+    eprintln!(
+        "probe {probe_took:?} with {answered_by_then} of {total} flood callbacks answered; flood {flood_took:?}"
+    );
+    assert!(
+        probe_took < PROBE_BOUND,
+        "another client's payment took {probe_took:?} during the flood (which took {flood_took:?})"
+    );
+    assert!(
+        answered_by_then < total,
+        "the payment went through only after the flood ({probe_took:?}, flood {flood_took:?})"
+    );
     assert_eq!(
         app.metric("paypush_outcomes_recorded").await,
-        32.0 * 150.0 + 1.0
+        total as f64 + 1.0
     );
 }
 
