@@ -5,9 +5,8 @@
 //! not depend on the mode and run once, in the single-process suite.
 
 use crate::abuse_patterns as patterns;
-use crate::{RedisServer, REDIS};
-
-use super::RedisCluster;
+use crate::servers::{RedisCluster, RedisServer};
+use crate::REDIS;
 
 async fn the_backplane_patterns(mode: &[&str]) {
     patterns::one_byte_connections_that_close_cost_almost_no_cpu(mode).await;

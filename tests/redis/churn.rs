@@ -11,8 +11,8 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{command, RedisCluster, CLUSTER_PATIENCE};
 use crate::abuse_patterns::{cpu_seconds, metric};
+use crate::servers::{command, RedisCluster, CLUSTER_PATIENCE};
 use crate::support::{paypush_command, start_binary, temp_dir, Binary, EventStream};
 use crate::REDIS;
 
