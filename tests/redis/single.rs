@@ -16,7 +16,7 @@ use crate::{
 
 /// A redis-server of the test's own and `N` paypush instances on it, each
 /// ready; `None` (after saying why) when the test is to skip.
-async fn cluster<const N: usize>(
+async fn redis_and_instances<const N: usize>(
     test: &str,
     flags: &[&str],
 ) -> Option<(RedisServer, [TestApp; N])> {
@@ -35,7 +35,7 @@ async fn cluster<const N: usize>(
 #[tokio::test]
 async fn callback_on_one_instance_reaches_a_stream_on_another() {
     let Some((_redis, [a, b])) =
-        cluster("callback_on_one_instance_reaches_a_stream_on_another", &[]).await
+        redis_and_instances("callback_on_one_instance_reaches_a_stream_on_another", &[]).await
     else {
         return;
     };
@@ -56,7 +56,7 @@ async fn callback_on_one_instance_reaches_a_stream_on_another() {
 
 #[tokio::test]
 async fn late_subscriber_on_another_instance_gets_the_outcome_at_once() {
-    let Some((_redis, [a, b])) = cluster(
+    let Some((_redis, [a, b])) = redis_and_instances(
         "late_subscriber_on_another_instance_gets_the_outcome_at_once",
         &[],
     )
@@ -85,7 +85,7 @@ async fn late_subscriber_on_another_instance_gets_the_outcome_at_once() {
 
 #[tokio::test]
 async fn long_poll_on_one_instance_is_woken_by_a_callback_on_another() {
-    let Some((_redis, [a, b])) = cluster(
+    let Some((_redis, [a, b])) = redis_and_instances(
         "long_poll_on_one_instance_is_woken_by_a_callback_on_another",
         &[],
     )
@@ -114,7 +114,7 @@ async fn long_poll_on_one_instance_is_woken_by_a_callback_on_another() {
 
 #[tokio::test]
 async fn status_on_another_instance_answers_the_recorded_outcome_at_once() {
-    let Some((_redis, [a, b])) = cluster(
+    let Some((_redis, [a, b])) = redis_and_instances(
         "status_on_another_instance_answers_the_recorded_outcome_at_once",
         &[],
     )
@@ -132,7 +132,7 @@ async fn status_on_another_instance_answers_the_recorded_outcome_at_once() {
 #[tokio::test]
 async fn websocket_on_one_instance_gets_a_callback_on_another() {
     let Some((_redis, [a, b])) =
-        cluster("websocket_on_one_instance_gets_a_callback_on_another", &[]).await
+        redis_and_instances("websocket_on_one_instance_gets_a_callback_on_another", &[]).await
     else {
         return;
     };
@@ -149,7 +149,7 @@ async fn websocket_on_one_instance_gets_a_callback_on_another() {
 
 #[tokio::test]
 async fn duplicates_and_conflicts_are_decided_once_across_instances() {
-    let Some((_redis, [a, b])) = cluster(
+    let Some((_redis, [a, b])) = redis_and_instances(
         "duplicates_and_conflicts_are_decided_once_across_instances",
         &[],
     )
@@ -175,7 +175,7 @@ async fn duplicates_and_conflicts_are_decided_once_across_instances() {
 #[tokio::test]
 async fn a_thousand_payments_over_three_instances_each_get_their_outcome_once() {
     let Some((_redis, instances)) =
-        cluster::<3>("a_thousand_payments_over_three_instances", &[]).await
+        redis_and_instances::<3>("a_thousand_payments_over_three_instances", &[]).await
     else {
         return;
     };
@@ -227,7 +227,7 @@ async fn a_thousand_payments_over_three_instances_each_get_their_outcome_once() 
 #[tokio::test]
 async fn redis_outage_gives_503_keeps_streams_and_recovers() {
     let Some((mut redis, [a, b])) =
-        cluster("redis_outage_gives_503_keeps_streams_and_recovers", &[]).await
+        redis_and_instances("redis_outage_gives_503_keeps_streams_and_recovers", &[]).await
     else {
         return;
     };
@@ -331,7 +331,7 @@ async fn callback_during_a_subscriber_drop_is_still_delivered() {
 async fn replayed_nonce_is_caught_on_another_instance() {
     let secret = ["--callback-secret", "shared-secret"];
     let Some((_redis, [a, b])) =
-        cluster("replayed_nonce_is_caught_on_another_instance", &secret).await
+        redis_and_instances("replayed_nonce_is_caught_on_another_instance", &secret).await
     else {
         return;
     };
@@ -342,7 +342,7 @@ async fn replayed_nonce_is_caught_on_another_instance() {
 #[tokio::test]
 async fn a_signed_callback_answered_503_is_recorded_when_retried_verbatim() {
     let secret = ["--callback-secret", "shared-secret"];
-    let Some((redis, [a, b])) = cluster(
+    let Some((redis, [a, b])) = redis_and_instances(
         "a_signed_callback_answered_503_is_recorded_when_retried_verbatim",
         &secret,
     )
@@ -376,7 +376,7 @@ async fn a_signed_callback_answered_503_is_recorded_when_retried_verbatim() {
 #[tokio::test]
 async fn a_signed_callback_whose_client_went_away_can_be_retried_verbatim() {
     let secret = ["--callback-secret", "shared-secret"];
-    let Some((redis, [a])) = cluster(
+    let Some((redis, [a])) = redis_and_instances(
         "a_signed_callback_whose_client_went_away_can_be_retried_verbatim",
         &secret,
     )
@@ -408,7 +408,7 @@ async fn a_signed_callback_whose_client_went_away_can_be_retried_verbatim() {
 
 #[tokio::test]
 async fn during_a_redis_outage_status_is_503_and_a_long_poll_waits_for_the_outcome() {
-    let Some((mut redis, [a, b])) = cluster(
+    let Some((mut redis, [a, b])) = redis_and_instances(
         "during_a_redis_outage_status_is_503_and_a_long_poll_waits_for_the_outcome",
         &[],
     )
