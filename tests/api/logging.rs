@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::support::{paypush_command, start_binary, temp_dir, Binary, PATIENCE};
+use crate::support::{spawn_binary_with_env, PATIENCE};
 
 #[tokio::test]
 async fn secret_on_the_command_line_warns_and_is_never_logged() {
@@ -69,23 +69,12 @@ async fn spawn_and_collect_log(flags: &[&str], env: &[(&str, &str)]) -> String {
     log
 }
 
-/// The built binary with these flags and environment, in a fresh temporary
-/// working directory, once it listens.
-async fn binary_with_env(flags: &[&str], env: &[(&str, &str)]) -> Binary {
-    let dir = temp_dir();
-    let mut command = paypush_command(dir.path());
-    command.envs(env.iter().copied());
-    let mut binary = start_binary(command, flags).await;
-    binary.dir = Some(dir);
-    binary
-}
-
 /// The start-up warning about a missing subscribe secret.
 const OPEN_STREAMS_WARNING: &str = "no subscribe secret";
 
 #[tokio::test]
 async fn a_callback_secret_without_a_subscribe_secret_warns_at_start_up() {
-    let paypush = binary_with_env(&[], &[("PAYPUSH_CALLBACK_SECRET", "cb-secret")]).await;
+    let paypush = spawn_binary_with_env(&[], &[("PAYPUSH_CALLBACK_SECRET", "cb-secret")]).await;
     let log = paypush.logged();
     assert!(log.contains(OPEN_STREAMS_WARNING), "{log}");
     assert!(log.contains("PAYPUSH_SUBSCRIBE_SECRET"), "{log}");
@@ -93,7 +82,7 @@ async fn a_callback_secret_without_a_subscribe_secret_warns_at_start_up() {
 
 #[tokio::test]
 async fn both_secrets_start_without_the_open_streams_warning() {
-    let paypush = binary_with_env(
+    let paypush = spawn_binary_with_env(
         &[],
         &[
             ("PAYPUSH_CALLBACK_SECRET", "cb-secret"),
@@ -124,7 +113,7 @@ fn refusals_in(line: &str) -> u64 {
 
 #[tokio::test]
 async fn a_flood_of_refused_callbacks_writes_one_log_line_a_second_with_the_count() {
-    let paypush = binary_with_env(&[], &[("PAYPUSH_CALLBACK_SECRET", "cb-secret")]).await;
+    let paypush = spawn_binary_with_env(&[], &[("PAYPUSH_CALLBACK_SECRET", "cb-secret")]).await;
     let client = reqwest::Client::new();
     let url = format!("http://{}/pay-callback?payRecordId=1311", paypush.addr);
     let started = Instant::now();

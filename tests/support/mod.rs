@@ -470,8 +470,15 @@ pub fn paypush_sign(secret_env: Option<&str>, args: &[&str]) -> Vec<(String, Str
 /// Starts the built binary on a free port, in a temporary working
 /// directory, and waits for its start-up line.
 pub async fn spawn_binary(flags: &[&str]) -> Binary {
+    spawn_binary_with_env(flags, &[]).await
+}
+
+/// [`spawn_binary`] with these environment variables too.
+pub async fn spawn_binary_with_env(flags: &[&str], env: &[(&str, &str)]) -> Binary {
     let dir = temp_dir();
-    let mut binary = start_binary(paypush_command(dir.path()), flags).await;
+    let mut command = paypush_command(dir.path());
+    command.envs(env.iter().copied());
+    let mut binary = start_binary(command, flags).await;
     binary.dir = Some(dir);
     binary
 }
