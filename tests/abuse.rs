@@ -11,9 +11,9 @@
 //! `PAYPUSH_ABUSE_BINARY=path` runs the same patterns against another build
 //! (an older one, to measure "before").
 
-#[path = "api/helpers.rs"]
+#[path = "support/mod.rs"]
 #[allow(dead_code)]
-mod helpers;
+mod support;
 
 #[path = "abuse/patterns.rs"]
 mod patterns;

@@ -7,19 +7,22 @@
 //! Without a language's runtime on `PATH` its test prints why and passes,
 //! unless `PAYPUSH_REQUIRE_EXAMPLES=1` (set by `scripts/test`), when it fails.
 
-#[path = "api/helpers.rs"]
+#[path = "support/mod.rs"]
 #[allow(dead_code)]
-mod helpers;
+mod support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use helpers::{spawn_binary, Binary, EventStream};
+use support::{spawn_binary, Binary, EventStream, Suite};
 
-/// Set to `1` to fail, instead of skip, when a runtime is missing.
-const REQUIRE_EXAMPLES: &str = "PAYPUSH_REQUIRE_EXAMPLES";
+/// Without a runtime, an example's test skips, unless
+/// `PAYPUSH_REQUIRE_EXAMPLES=1`.
+const EXAMPLES: Suite = Suite {
+    tests: "the example tests",
+    required_by: Some("PAYPUSH_REQUIRE_EXAMPLES"),
+};
 const CALLBACK_SECRET: &str = "merchant-callback-secret";
 const SUBSCRIBE_SECRET: &str = "merchant-subscribe-secret";
 
@@ -97,26 +100,6 @@ fn example_dir(language: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("examples/merchant")
         .join(language)
-}
-
-/// True when the runtime is installed; otherwise says why the test is
-/// skipped (or fails it when [`REQUIRE_EXAMPLES`] is set).
-fn have(example: &Example) -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(example.runtime).is_file())
-    });
-    if found {
-        return true;
-    }
-    let why = format!(
-        "{} example: no {} on PATH; install Debian's {} (scripts/test-deps does)",
-        example.language, example.runtime, example.package
-    );
-    if std::env::var(REQUIRE_EXAMPLES).is_ok_and(|v| v == "1") {
-        panic!("{why} ({REQUIRE_EXAMPLES}=1 requires the example tests)");
-    }
-    let _ = writeln!(std::io::stderr(), "SKIPPED {why}");
-    false
 }
 
 /// An example ready to run: its command line, in a scratch folder.
@@ -217,7 +200,8 @@ fn answer(line: &str) -> (u16, Value) {
 
 /// The whole check of one example; `first_id` keeps payments apart.
 async fn example_works_against_the_real_server(example: Example, first_id: u64) {
-    if !have(&example) {
+    let test = format!("{} example", example.language);
+    if !EXAMPLES.require(example.runtime, example.package, &test) {
         return;
     }
     let runner = Runner::new(&example);

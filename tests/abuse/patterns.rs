@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Command;
 
-use crate::helpers::{start_binary, temp_dir, Binary, EventStream, PATIENCE};
+use crate::support::{start_binary, temp_dir, Binary, EventStream, PATIENCE};
 
 /// How long a server may take to be ready (Redis Cluster: its topology).
 const READY_PATIENCE: Duration = Duration::from_secs(30);

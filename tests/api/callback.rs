@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::spawn_app;
+use crate::support::spawn_app;
 
 #[tokio::test]
 async fn callback_without_status_records_success() {
@@ -188,4 +188,19 @@ async fn callback_for_a_payment_nobody_watches_is_kept_for_late_subscribers() {
         .await;
     let mut late = app.push("9").await;
     assert_eq!(late.next_event().await.unwrap().json()["status"], "SUCCESS");
+}
+
+#[tokio::test]
+async fn a_json_callback_with_a_repeated_key_is_400_invalid_body_and_records_nothing() {
+    let app = spawn_app(&[]).await;
+    for body in [
+        r#"{"payRecordId":"1305","payRecordId":"1306"}"#,
+        r#"{"payRecordId":"1305","status":"FAILED","status":"SUCCESS"}"#,
+    ] {
+        let answer = app.post_callback("application/json", body).await;
+        assert_eq!(answer.status(), 400, "{body}");
+        let json: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(json["error"], "invalid_body", "{body}");
+    }
+    assert_eq!(app.metric("paypush_outcomes_recorded").await, 0.0);
 }

@@ -6,7 +6,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::spawn_app;
+use crate::support::spawn_app;
 
 async fn assert_json_error(response: reqwest::Response, status: u16, code: &str) {
     assert_eq!(response.status(), status);
@@ -149,7 +149,7 @@ async fn request_headers_over_16_kib_get_431_or_a_closed_connection() {
 }
 
 /// Sends raw bytes and returns what came back before the server answered or closed.
-async fn raw_exchange(app: &crate::helpers::TestApp, request: &[u8]) -> String {
+async fn raw_exchange(app: &crate::support::TestApp, request: &[u8]) -> String {
     let mut tcp = TcpStream::connect(app.addr).await.unwrap();
     let _ = tcp.write_all(request).await;
     let _ = tcp.shutdown().await;

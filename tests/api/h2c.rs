@@ -7,7 +7,7 @@ use futures_util::future::join_all;
 use reqwest::Version;
 use serde_json::Value;
 
-use crate::helpers::{spawn_app, EventStream, TestApp};
+use crate::support::{spawn_app, EventStream, TestApp};
 
 /// A client that speaks only HTTP/2, without a TLS handshake first.
 fn h2c() -> reqwest::Client {

@@ -1,16 +1,25 @@
 //! paypush's HTTP contract, proven against real servers over real TCP.
 
 mod callback;
+mod cli;
+mod cors;
+mod demo_page;
 mod deploy;
 mod errors;
 mod h2c;
-mod hardening;
-mod helpers;
 mod lifecycle;
+mod limits;
+mod logging;
+mod metrics;
 mod openapi;
 mod push;
 mod qr;
-mod security;
+mod signatures;
 mod status;
 mod store;
+/// Shared with the other test binaries, which use other parts of it.
+#[path = "../support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+mod tokens;
 mod ws;

@@ -1,7 +1,7 @@
 //! The OpenAPI document: served by the server, and naming every route of the
 //! contract. (scripts/fuzz-api proves the server answers as it says.)
 
-use crate::helpers::spawn_app;
+use crate::support::spawn_app;
 
 const DOCUMENT: &str = include_str!("../../docs/openapi.yaml");
 

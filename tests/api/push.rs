@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{spawn_app, PATIENCE};
+use crate::support::{spawn_app, PATIENCE};
 
 #[tokio::test]
 async fn waiting_stream_gets_pending_then_the_outcome_then_ends() {

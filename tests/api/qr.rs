@@ -2,7 +2,10 @@
 
 use serde_json::Value;
 
-use crate::helpers::spawn_app;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{spawn_app, PATIENCE};
 
 #[tokio::test]
 async fn qr_svg_encodes_the_callback_url_of_the_payment() {
@@ -46,4 +49,41 @@ async fn qr_svg_refuses_other_methods_with_405_json() {
     assert_eq!(answer.status(), 405);
     let body: Value = answer.json().await.unwrap();
     assert_eq!(body["error"], "method_not_allowed");
+}
+
+/// A `Host` over the 255 bytes `/qr.svg` encodes.
+fn long_host() -> String {
+    format!("{}.example.com", "a".repeat(288))
+}
+
+/// `GET path` over raw TCP with this `Host`; the whole answer as text.
+async fn get_with_host(app: &crate::support::TestApp, path: &str, host: &str) -> String {
+    let mut tcp = TcpStream::connect(app.addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn qr_svg_refuses_a_host_over_255_bytes_with_400_json() {
+    let app = spawn_app(&[]).await;
+    let answer = get_with_host(&app, "/qr.svg?payRecordId=1308", &long_host()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains(r#""error":"invalid_request""#), "{answer}");
+}
+
+#[tokio::test]
+async fn qr_svg_encodes_the_public_url_whatever_the_host() {
+    let app = spawn_app(&["--public-url", "https://pay.example.com/"]).await;
+    let answer = get_with_host(&app, "/qr.svg?payRecordId=1309", &long_host()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let expected =
+        paypush::qr::svg("https://pay.example.com/pay-callback?payRecordId=1309&status=SUCCESS")
+            .unwrap();
+    assert!(answer.ends_with(&expected), "{answer}");
 }

@@ -7,7 +7,7 @@ use paypush::signature::{subscribe_token, Secret};
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::helpers::{spawn_app, TestApp, PATIENCE};
+use crate::support::{spawn_app, TestApp, PATIENCE};
 
 const POLL_WAITERS: &str = "paypush_waiters_open{transport=\"poll\"}";
 

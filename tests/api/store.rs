@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{
+use crate::support::{
     paypush_command, paypush_sign, refused_at_start, spawn_app, start_binary, temp_dir, Binary,
     EventStream,
 };
@@ -170,8 +170,8 @@ async fn a_restart_serves_the_outcome_to_status_and_websockets_too() {
     assert_eq!(polled["completedAt"], answer["completedAt"]);
     let url = format!("ws://{}/ws?payRecordId=78", server.addr);
     let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
-    assert_eq!(crate::helpers::next_json(&mut socket).await, polled);
-    assert_eq!(crate::helpers::next_close(&mut socket).await.0, 1000);
+    assert_eq!(crate::support::next_json(&mut socket).await, polled);
+    assert_eq!(crate::support::next_close(&mut socket).await.0, 1000);
 }
 
 #[tokio::test]

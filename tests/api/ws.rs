@@ -6,7 +6,7 @@ use paypush::signature::{subscribe_token, Secret};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{next_close, next_json, next_message, spawn_app, PATIENCE};
+use crate::support::{next_close, next_json, next_message, spawn_app, PATIENCE};
 
 #[tokio::test]
 async fn websocket_gets_pending_then_the_outcome_then_close_1000() {

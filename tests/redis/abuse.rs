@@ -5,9 +5,8 @@
 //! not depend on the mode and run once, in the single-process suite.
 
 use crate::abuse_patterns as patterns;
-use crate::RedisServer;
-
-use super::{have, RedisCluster};
+use crate::servers::{RedisCluster, RedisServer};
+use crate::REDIS;
 
 async fn the_backplane_patterns(mode: &[&str]) {
     patterns::one_byte_connections_that_close_cost_almost_no_cpu(mode).await;
@@ -22,7 +21,7 @@ async fn the_backplane_patterns(mode: &[&str]) {
 #[tokio::test]
 async fn hostile_clients_leave_a_redis_mode_paypush_whole() {
     let test = "hostile_clients_leave_a_redis_mode_paypush_whole";
-    if !have("redis-server", "redis-server", test) {
+    if !REDIS.require("redis-server", "redis-server", test) {
         return;
     }
     let redis = RedisServer::start().await;
@@ -32,7 +31,9 @@ async fn hostile_clients_leave_a_redis_mode_paypush_whole() {
 #[tokio::test]
 async fn hostile_clients_leave_a_redis_cluster_paypush_whole() {
     let test = "hostile_clients_leave_a_redis_cluster_paypush_whole";
-    if !have("redis-server", "redis-server", test) || !have("redis-cli", "redis-tools", test) {
+    if !REDIS.require("redis-server", "redis-server", test)
+        || !REDIS.require("redis-cli", "redis-tools", test)
+    {
         return;
     }
     let redis = RedisCluster::start().await;

@@ -11,9 +11,10 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{command, have, RedisCluster, CLUSTER_PATIENCE};
 use crate::abuse_patterns::{cpu_seconds, metric};
-use crate::helpers::{paypush_command, start_binary, temp_dir, Binary, EventStream};
+use crate::servers::{command, RedisCluster, CLUSTER_PATIENCE};
+use crate::support::{paypush_command, start_binary, temp_dir, Binary, EventStream};
+use crate::REDIS;
 
 /// Requests cancelled mid-subscribe.
 const ABORTED: u64 = 3000;
@@ -52,7 +53,9 @@ async fn channels_on_redis(redis: &RedisCluster) -> usize {
 #[tokio::test]
 async fn cluster_pages_closed_mid_subscribe_leave_nothing_behind() {
     let test = "cluster_pages_closed_mid_subscribe_leave_nothing_behind";
-    if !have("redis-server", "redis-server", test) || !have("redis-cli", "redis-tools", test) {
+    if !REDIS.require("redis-server", "redis-server", test)
+        || !REDIS.require("redis-cli", "redis-tools", test)
+    {
         return;
     }
     let redis = RedisCluster::start().await;

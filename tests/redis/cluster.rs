@@ -5,214 +5,17 @@
 //! `--redis-cluster`.
 
 use std::collections::{HashMap, HashSet};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-/// Pages closed mid-subscribe.
-#[path = "churn.rs"]
-mod churn;
-
-/// The abuse suite's patterns, in Redis and Redis Cluster modes.
-#[path = "abuse.rs"]
-mod abuse;
-
-use super::helpers::{refused_at_start, spawn_app, EventStream, TestApp, PATIENCE};
-use super::{assert_replay_refused_across, have, send_signed, status_and_body, wait_until_ready};
-
-/// A cluster node's bus port is its port + 10 000, at most 65 535.
-const MAX_NODE_PORT: u16 = 55_535;
-/// Short, so a failover takes a couple of seconds, not the default 15 s.
-const NODE_TIMEOUT_MS: &str = "1000";
-/// How long the cluster may take to form, or to fail over.
-const CLUSTER_PATIENCE: Duration = Duration::from_secs(30);
-
-fn free_node_port() -> u16 {
-    loop {
-        let port = super::free_port();
-        if port <= MAX_NODE_PORT {
-            return port;
-        }
-    }
-}
-
-/// One `redis-server --cluster-enabled yes`.
-struct Node {
-    port: u16,
-    child: Option<Child>,
-    /// Where its `nodes.conf` lives.
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    async fn start() -> Node {
-        let port = free_node_port();
-        let dir = tempfile::tempdir().expect("a folder for nodes.conf");
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes"])
-            .args(["--cluster-config-file", "nodes.conf"])
-            .args(["--cluster-node-timeout", NODE_TIMEOUT_MS])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start redis-server");
-        let node = Node {
-            port,
-            child: Some(child),
-            _dir: dir,
-        };
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while command::<String>(port, &["PING"]).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        node
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-/// A command to one node (not cluster-aware: exactly that node answers).
-async fn command<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> redis::RedisResult<T> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
-    let mut connection = tokio::time::timeout(
-        Duration::from_secs(1),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .map_err(|_| redis::RedisError::from((redis::ErrorKind::IoError, "timeout")))??;
-    let mut cmd = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        cmd.arg(*arg);
-    }
-    cmd.query_async(&mut connection).await
-}
-
-/// Three primaries and three replicas, formed and in sync.
-pub struct RedisCluster {
-    nodes: Vec<Node>,
-}
-
-impl RedisCluster {
-    async fn start() -> RedisCluster {
-        let cluster = RedisCluster::create().await;
-        cluster.wait_until_formed().await;
-        cluster
-    }
-
-    /// Joined by `redis-cli --cluster create`, but not waited for: the
-    /// replicas may still be syncing.
-    async fn create() -> RedisCluster {
-        let mut nodes = Vec::new();
-        for _ in 0..6 {
-            nodes.push(Node::start().await);
-        }
-        let status = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(nodes.iter().map(Node::address))
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .expect("run redis-cli --cluster create");
-        assert!(status.success(), "redis-cli --cluster create failed");
-        RedisCluster { nodes }
-    }
-
-    /// Until every live node says `cluster_state:ok`, knows the others, and
-    /// every replica's link to its primary is up.
-    async fn wait_until_formed(&self) {
-        let deadline = tokio::time::Instant::now() + CLUSTER_PATIENCE;
-        loop {
-            let mut formed = true;
-            for node in self.nodes.iter().filter(|n| n.child.is_some()) {
-                let info: String = command(node.port, &["CLUSTER", "INFO"])
-                    .await
-                    .unwrap_or_default();
-                let replication: String = command(node.port, &["INFO", "replication"])
-                    .await
-                    .unwrap_or_default();
-                formed &= info.contains("cluster_state:ok")
-                    && (replication.contains("role:master")
-                        || replication.contains("master_link_status:up"));
-            }
-            if formed {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the cluster did not form"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Seed nodes for `--redis-cluster`: two of them (the rest are found).
-    fn seeds(&self) -> String {
-        format!(
-            "redis://{},redis://{}",
-            self.nodes[0].address(),
-            self.nodes[1].address()
-        )
-    }
-
-    /// The ports of the live primaries.
-    async fn primaries(&self) -> Vec<u16> {
-        let mut primaries = Vec::new();
-        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
-            let replication: String = command(node.port, &["INFO", "replication"])
-                .await
-                .unwrap_or_default();
-            if replication.contains("role:master") {
-                primaries.push(node.port);
-            }
-        }
-        primaries
-    }
-
-    /// `WAIT` commands run by the live primaries since they started.
-    async fn waits(&self) -> u64 {
-        let mut waits = 0;
-        for port in self.primaries().await {
-            let stats: String = command(port, &["INFO", "commandstats"]).await.unwrap();
-            waits += stats
-                .lines()
-                .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
-                .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-        waits
-    }
-
-    /// SIGKILLs the node on `port`.
-    async fn kill(&mut self, port: u16) {
-        let node = self
-            .nodes
-            .iter_mut()
-            .find(|n| n.port == port)
-            .expect("a node");
-        if let Some(mut child) = node.child.take() {
-            let _ = child.kill().await;
-        }
-    }
-}
+use crate::servers::{command, RedisCluster, CLUSTER_PATIENCE};
+use crate::support::{refused_at_start, spawn_app, EventStream, TestApp, PATIENCE};
+use crate::{assert_replay_refused_across, send_signed, status_and_body, wait_until_ready, REDIS};
 
 /// A Redis Cluster of the test's own and `N` paypush instances on it, each
 /// ready; `None` (after saying why) when the test is to skip.
@@ -220,7 +23,9 @@ async fn cluster<const N: usize>(
     test: &str,
     flags: &[&str],
 ) -> Option<(RedisCluster, [TestApp; N])> {
-    if !have("redis-server", "redis-server", test) || !have("redis-cli", "redis-tools", test) {
+    if !REDIS.require("redis-server", "redis-server", test)
+        || !REDIS.require("redis-cli", "redis-tools", test)
+    {
         return None;
     }
     let redis = RedisCluster::start().await;
@@ -273,7 +78,7 @@ async fn total(instances: &[TestApp], metric: &str) -> f64 {
 enum Waiter {
     Sse(EventStream),
     Poll(tokio::task::JoinHandle<Value>),
-    Ws(super::helpers::WsClient),
+    Ws(super::support::WsClient),
 }
 
 impl Waiter {
@@ -307,8 +112,8 @@ impl Waiter {
                 .expect("woken in time")
                 .unwrap(),
             Waiter::Ws(mut socket) => {
-                let outcome = super::helpers::next_json(&mut socket).await;
-                assert_eq!(super::helpers::next_close(&mut socket).await.0, 1000);
+                let outcome = super::support::next_json(&mut socket).await;
+                assert_eq!(super::support::next_close(&mut socket).await.0, 1000);
                 outcome
             }
         }
@@ -481,44 +286,6 @@ async fn cluster_replayed_nonce_is_refused_on_another_instance() {
     assert_replay_refused_across(&a, &b, path).await;
 }
 
-impl RedisCluster {
-    /// Sends `signal` (`STOP`, `CONT`) to the node on `port`.
-    fn signal(&self, port: u16, signal: &str) {
-        let pid = self
-            .nodes
-            .iter()
-            .find(|n| n.port == port)
-            .and_then(|n| n.child.as_ref()?.id())
-            .expect("a live node");
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-
-    /// The port of the replica of the primary on `port`.
-    async fn replica_of(&self, port: u16) -> u16 {
-        let replication: String = command(port, &["INFO", "replication"]).await.unwrap();
-        replication
-            .lines()
-            .find_map(|l| l.strip_prefix("slave0:"))
-            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("port=")))
-            .and_then(|p| p.parse().ok())
-            .expect("a replica")
-    }
-
-    /// Runs `ACL SETUSER default <rules>` on every live node.
-    async fn set_default_user(&self, rules: &[&str]) {
-        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
-            let mut args = vec!["ACL", "SETUSER", "default"];
-            args.extend_from_slice(rules);
-            let _: String = command(node.port, &args).await.unwrap();
-        }
-    }
-}
-
 #[tokio::test]
 async fn cluster_signed_callback_answered_503_is_recorded_when_retried_verbatim() {
     let secret = ["--callback-secret", "shared-secret"];
@@ -529,7 +296,7 @@ async fn cluster_signed_callback_answered_503_is_recorded_when_retried_verbatim(
     let mut stream = b.push_pending(&id).await;
     let path = format!("/pay-callback?payRecordId={id}&status=CLOSED");
     let headers =
-        super::helpers::paypush_sign(None, &["--secret", "shared-secret", "--path", &path]);
+        super::support::paypush_sign(None, &["--secret", "shared-secret", "--path", &path]);
 
     // The nonce's SET is allowed, the record script is not.
     redis.set_default_user(&["-eval", "-evalsha"]).await;
@@ -555,7 +322,9 @@ async fn cluster_signed_callback_answered_503_is_recorded_when_retried_verbatim(
 #[tokio::test]
 async fn cluster_ready_right_after_start_means_callbacks_across_all_slots_are_200() {
     let test = "cluster_ready_right_after_start";
-    if !have("redis-server", "redis-server", test) || !have("redis-cli", "redis-tools", test) {
+    if !REDIS.require("redis-server", "redis-server", test)
+        || !REDIS.require("redis-cli", "redis-tools", test)
+    {
         return;
     }
     // paypush starts as soon as the cluster is joined: its replicas are

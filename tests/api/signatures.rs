@@ -1,13 +1,13 @@
-//! Signed callbacks, subscribe tokens, secrets, CORS and flood resistance.
+//! Signed callbacks: what the server accepts and refuses (the key, the
+//! timestamp, the nonce, and the method, path, media type and body signed),
+//! and `paypush sign`, whose headers it accepts for any request.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use paypush::model::PayRecordId;
-use paypush::signature::{media_type, signature_of, subscribe_token, Secret, SignedParts};
+use paypush::signature::{media_type, signature_of, Secret, SignedParts};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::support::{spawn_app, TestApp};
 
 const SECRET: &str = "callback-secret-for-tests";
 const NONCE: &str = "nonce-0123456789abcdef";
@@ -120,7 +120,13 @@ async fn signed_app() -> TestApp {
     spawn_app(&["--callback-secret", SECRET]).await
 }
 
-async fn assert_refused(response: reqwest::Response, status: u16, code: &str, says: &str) {
+/// A refusal: its status, its JSON error code, and a message that says `says`.
+pub(crate) async fn assert_refused(
+    response: reqwest::Response,
+    status: u16,
+    code: &str,
+    says: &str,
+) {
     assert_eq!(response.status(), status);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], code);
@@ -406,41 +412,10 @@ async fn a_body_signed_as_json_cannot_be_replayed_as_a_form() {
 }
 
 #[tokio::test]
-async fn push_requires_the_payment_token_when_a_subscribe_secret_is_set() {
-    let app = spawn_app(&["--subscribe-secret", "sub-secret"]).await;
-    assert_refused(
-        app.get("/push?payRecordId=13").await,
-        403,
-        "invalid_token",
-        "token",
-    )
-    .await;
-    let wrong = app.get("/push?payRecordId=13&token=00ff").await;
-    assert_refused(wrong, 403, "invalid_token", "token").await;
-    let secret: Secret = "sub-secret".parse().unwrap();
-    let others = subscribe_token(&secret, PayRecordId::parse("14").unwrap());
-    let borrowed = app
-        .get(&format!("/push?payRecordId=13&token={others}"))
-        .await;
-    assert_eq!(borrowed.status(), 403, "a token is bound to its payment");
-
-    let token = subscribe_token(&secret, PayRecordId::parse("13").unwrap());
-    let mut stream = crate::helpers::EventStream::new(
-        app.get(&format!("/push?payRecordId=13&token={token}"))
-            .await,
-    );
-    assert_eq!(stream.response_status, 200);
-    assert_eq!(
-        stream.next_event().await.unwrap().event.as_deref(),
-        Some("pending")
-    );
-}
-
-#[tokio::test]
 async fn sign_subcommand_prints_headers_the_server_accepts() {
     let app = signed_app().await;
     let path = "/pay-callback?payRecordId=15&status=CLOSED";
-    let headers = crate::helpers::paypush_sign(Some(SECRET), &["--path", path]);
+    let headers = crate::support::paypush_sign(Some(SECRET), &["--path", path]);
     assert_eq!(headers.len(), 3, "{headers:?}");
     let mut request = app.client.get(app.url(path));
     for (name, value) in headers {
@@ -486,243 +461,6 @@ async fn sign_subcommand_signs_the_content_type_it_is_given() {
     assert_eq!(answer.json::<Value>().await.unwrap()["status"], "CLOSED");
 }
 
-#[tokio::test]
-async fn token_subcommand_prints_only_the_token() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
-        .args(["token", "--pay-record-id", "123"])
-        .env("PAYPUSH_SUBSCRIBE_SECRET", "sub-secret")
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success());
-    let secret: Secret = "sub-secret".parse().unwrap();
-    let expected = subscribe_token(&secret, PayRecordId::parse("123").unwrap());
-    assert_eq!(
-        String::from_utf8(output.stdout).unwrap(),
-        format!("{expected}\n")
-    );
-}
-
-#[tokio::test]
-async fn secrets_never_show_in_help_or_logs() {
-    let help = tokio::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
-        .arg("--help")
-        .env("PAYPUSH_CALLBACK_SECRET", "hunter2-callback")
-        .env("PAYPUSH_SUBSCRIBE_SECRET", "hunter2-subscribe")
-        .output()
-        .await
-        .unwrap();
-    let help = String::from_utf8_lossy(&help.stdout);
-    assert!(help.contains("--callback-secret"));
-    assert!(!help.contains("hunter2"), "{help}");
-}
-
-#[tokio::test]
-async fn secret_on_the_command_line_warns_and_is_never_logged() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_paypush"))
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "--callback-secret",
-            "hunter2-cli",
-            "--push-timeout",
-            "nope",
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    assert!(!String::from_utf8_lossy(&output.stderr).contains("hunter2"));
-    let log = spawn_and_collect_log(&["--callback-secret", "hunter2-cli"], &[]).await;
-    assert!(log.contains("PAYPUSH_CALLBACK_SECRET"), "{log}");
-    assert!(!log.contains("hunter2"), "{log}");
-    let log = spawn_and_collect_log(&[], &[("PAYPUSH_CALLBACK_SECRET", "hunter2-env")]).await;
-    assert!(!log.contains("hunter2"), "{log}");
-    assert!(!log.contains("demo mode"), "{log}");
-    let log = spawn_and_collect_log(&[], &[]).await;
-    assert!(log.contains("demo mode"), "{log}");
-}
-
-/// Starts the binary with these flags and environment, stops it with SIGTERM
-/// once it listens, and returns everything it logged.
-async fn spawn_and_collect_log(flags: &[&str], env: &[(&str, &str)]) -> String {
-    let dir = crate::helpers::temp_dir();
-    let mut child = crate::helpers::paypush_command(dir.path())
-        .args(["--bind", "127.0.0.1:0"])
-        .args(flags)
-        .envs(env.iter().copied())
-        .env("RUST_LOG", "debug")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap().to_string();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = String::new();
-    let read_all = async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("listening on") {
-                std::process::Command::new("kill")
-                    .args(["-TERM", &pid])
-                    .status()
-                    .unwrap();
-            }
-            log.push_str(&line);
-            log.push('\n');
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read_all)
-        .await
-        .unwrap();
-    child.wait().await.unwrap();
-    log
-}
-
-#[tokio::test]
-async fn listed_origins_get_cors_headers_and_others_none() {
-    let app = spawn_app(&[
-        "--allow-origin",
-        "https://shop.example.com,https://m.shop.example.com",
-    ])
-    .await;
-    let listed = app
-        .client
-        .get(app.url("/push?payRecordId=17"))
-        .header("origin", "https://m.shop.example.com")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        listed.headers()["access-control-allow-origin"],
-        "https://m.shop.example.com"
-    );
-    assert_eq!(listed.headers()["access-control-allow-credentials"], "true");
-    drop(listed);
-
-    let unlisted = app
-        .client
-        .get(app.url("/push?payRecordId=18"))
-        .header("origin", "https://evil.example.net")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        unlisted.status(),
-        200,
-        "no CORS headers, but no refusal either"
-    );
-    assert!(unlisted
-        .headers()
-        .get("access-control-allow-origin")
-        .is_none());
-    drop(unlisted);
-
-    let preflight = app
-        .client
-        .request(reqwest::Method::OPTIONS, app.url("/pay-callback"))
-        .header("origin", "https://shop.example.com")
-        .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "content-type")
-        .send()
-        .await
-        .unwrap();
-    assert!(preflight.status().is_success());
-    assert_eq!(
-        preflight.headers()["access-control-allow-origin"],
-        "https://shop.example.com"
-    );
-    let methods = preflight.headers()["access-control-allow-methods"]
-        .to_str()
-        .unwrap();
-    assert!(methods.contains("POST"), "{methods}");
-
-    let other_preflight = app
-        .client
-        .request(reqwest::Method::OPTIONS, app.url("/pay-callback"))
-        .header("origin", "https://evil.example.net")
-        .header("access-control-request-method", "POST")
-        .send()
-        .await
-        .unwrap();
-    assert!(other_preflight
-        .headers()
-        .get("access-control-allow-origin")
-        .is_none());
-}
-
-#[tokio::test]
-async fn without_allow_origin_there_are_no_cors_headers() {
-    let app = spawn_app(&[]).await;
-    let answer = app
-        .client
-        .get(app.url("/healthz"))
-        .header("origin", "https://shop.example.com")
-        .send()
-        .await
-        .unwrap();
-    assert!(answer
-        .headers()
-        .get("access-control-allow-origin")
-        .is_none());
-}
-
-#[tokio::test]
-async fn a_flood_of_callbacks_from_one_client_does_not_starve_another() {
-    let app = spawn_app(&[]).await;
-    let flooder = reqwest::Client::builder()
-        .pool_max_idle_per_host(32)
-        .build()
-        .unwrap();
-    let base = app.url("");
-    let flood: Vec<_> = (0..32)
-        .map(|worker| {
-            let (flooder, base) = (flooder.clone(), base.clone());
-            tokio::spawn(async move {
-                for i in 0..150 {
-                    let url = format!(
-                        "{base}/pay-callback?payRecordId={}",
-                        1_000_000 + worker * 1000 + i
-                    );
-                    let _ = flooder.get(url).send().await;
-                }
-            })
-        })
-        .collect();
-    // Meanwhile, another customer's payment goes through.
-    let mut stream = app.push_pending("19").await;
-    assert_eq!(app.callback("19", None).await.status(), 200);
-    assert_eq!(
-        stream.next_event().await.unwrap().json()["status"],
-        "SUCCESS"
-    );
-    for worker in flood {
-        worker.await.unwrap();
-    }
-    assert_eq!(
-        app.metric("paypush_outcomes_recorded").await,
-        32.0 * 150.0 + 1.0
-    );
-}
-
-#[tokio::test]
-async fn a_flood_of_streams_is_bounded_and_others_are_still_served() {
-    let app = spawn_app(&["--max-streams", "50"]).await;
-    let mut held = Vec::new();
-    for i in 0..50 {
-        held.push(app.push_pending(&format!("{}", 2_000 + i)).await);
-    }
-    assert_eq!(app.get("/push?payRecordId=3000").await.status(), 503);
-    // Callbacks, health and late subscribers still work at the cap.
-    assert_eq!(app.get("/healthz").await.status(), 200);
-    assert_eq!(app.callback("2000", None).await.status(), 200);
-    assert_eq!(
-        held[0].next_event().await.unwrap().json()["status"],
-        "SUCCESS"
-    );
-    let late = app.push("2000").await;
-    assert_eq!(late.response_status, 200);
-}
-
 /// A `Content-Type` as a client might write it: any token type/subtype, in
 /// any case, with or without parameters and spaces.
 fn content_types() -> impl proptest::strategy::Strategy<Value = String> {
@@ -751,7 +489,7 @@ fn signed_headers(
         args.push(format!("--content-type={content_type}"));
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    crate::helpers::paypush_sign(Some(SECRET), &args)
+    crate::support::paypush_sign(Some(SECRET), &args)
 }
 
 #[test]
