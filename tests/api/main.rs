@@ -1,6 +1,7 @@
 //! paypush's HTTP contract, proven against real servers over real TCP.
 
 mod callback;
+mod client_js;
 mod deploy;
 mod errors;
 mod h2c;
