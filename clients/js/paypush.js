@@ -91,14 +91,15 @@ export function waitForPayment(payRecordId, options = {}) {
     /** Moves on to the next transport that exists here; from the top after a back-off. */
     const fallback = () => {
       stop();
+      let moved = index >= 0;
       for (let i = index + 1; i < list.length; i++) {
         if (typeof globalThis[NEEDS[list[i]]] !== 'function') {
           trace('fallback', `no ${NEEDS[list[i]]} here: ${list[i]} skipped`);
+          moved = true;
           continue;
         }
-        const first = index < 0;
         index = i;
-        if (!first) {
+        if (moved) {
           trace('fallback', `now ${list[i]}`);
           state('fallback');
         }
@@ -161,7 +162,7 @@ export function waitForPayment(payRecordId, options = {}) {
         if (pending && Date.now() - since >= STABLE_MS) attempt = 0;
         if (why.status !== undefined) return judge(why.status, why.code, why.retryAfter);
         if (why.pending || why.network) return retry(0);
-        if (why.silent) return worked.has(transport()) ? retry(0) : fallback();
+        if (why.silent || why.broken) return worked.has(transport()) ? retry(0) : fallback();
         probe(why.probe);
       };
       closeTransport = OPENERS[transport()](on, url, base, trace);
@@ -295,6 +296,11 @@ const OPENERS = {
       // Refused before the upgrade (the answer is hidden), or dropped.
       else on.failed({});
     };
+    // Some runtimes (Node 20) report a refused upgrade by an error alone.
+    socket.onerror = () => {
+      trace('error', 'the socket failed or was refused');
+      if (!ended) on.failed({});
+    };
     return () => {
       socket.onopen = socket.onmessage = socket.onerror = null;
       // After the outcome the server's close frame is still worth a trace.
@@ -326,7 +332,8 @@ const OPENERS = {
             trace('message', `${res.status} ${text}`);
             on.outcome(body);
           } else {
-            on.failed({ status: 502, code: 'invalid_answer' });
+            // Not paypush's answer (a captive portal, a proxy's page).
+            on.failed({ broken: true });
           }
         })
         .catch((e) => {
