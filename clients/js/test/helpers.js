@@ -146,13 +146,9 @@ export async function startStandIn(target, handle, { upgrade = () => true } = {}
       { host: upstream.hostname, port: upstream.port, path: req.url, method: req.method, headers: req.headers },
       (answer) => {
         if (cut) {
-          // Head and first chunk through, then the connection closes.
+          // Everything up to the first PENDING through, then the connection closes.
           res.writeHead(answer.statusCode, answer.headers);
-          answer.once('data', (chunk) => {
-            res.write(chunk);
-            res.socket.destroy();
-            answer.destroy();
-          });
+          cutAfterPending(answer, res, res.socket);
           return;
         }
         if (!buffer) {
@@ -194,11 +190,7 @@ export async function startStandIn(target, handle, { upgrade = () => true } = {}
       out.write(head0 + '\r\n');
       out.write(head);
       if (how === 'cut') {
-        out.once('data', (chunk) => {
-          socket.write(chunk);
-          socket.destroy();
-          out.destroy();
-        });
+        cutAfterPending(out, socket, socket);
       } else {
         out.pipe(socket);
       }
@@ -231,6 +223,17 @@ export function recorder() {
     count: (kind) => events.filter(([k]) => k === kind).length,
     waiting: (n = 1) => until(`${n} PENDING`, () => events.filter(([k]) => k === 'pending').length >= n),
   };
+}
+
+/** Copies `from` to `to` until a chunk holds PENDING, then closes both. */
+function cutAfterPending(from, to, socket) {
+  from.on('data', (chunk) => {
+    const last = chunk.includes('PENDING');
+    to.write(chunk, () => {
+      if (last) socket.destroy();
+    });
+    if (last) from.destroy();
+  });
 }
 
 /** Answers an HTTP request or a raw upgrade socket with `status` and a JSON error. */
