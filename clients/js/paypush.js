@@ -25,8 +25,8 @@ const POLL_SLACK_MS = 10000;
 const STABLE_MS = 10000;
 /** The longest Retry-After honoured (ms), against absurd values. */
 const MAX_RETRY_AFTER_MS = 600000;
-/** Which global each transport needs. */
-const NEEDS = { sse: 'EventSource', ws: 'WebSocket', poll: 'fetch' };
+/** What each transport needs of the runtime. */
+const NEEDS = { sse: 'EventSource', ws: 'WebSocket', poll: 'get' };
 
 /**
  * Waits for the outcome of payment `payRecordId`. Resolves once with
@@ -41,6 +41,15 @@ export function waitForPayment(payRecordId, options = {}) {
   const id = String(payRecordId);
   const base = String(opt.base).replace(/\/$/, '');
   const list = opt.transports.filter((t) => NEEDS[t]);
+  // What the code runs on, looked up now; `runtime` replaces parts of it
+  // (miniprogram.js passes the platform's request and connectSocket).
+  const rt = {
+    EventSource: globalThis.EventSource,
+    WebSocket: globalThis.WebSocket,
+    get: typeof fetch === 'function' ? fetchGet : undefined,
+    ...options.runtime,
+  };
+  const has = (t) => typeof rt[NEEDS[t]] === 'function';
 
   return new Promise((resolve, reject) => {
     let done = false;
@@ -93,7 +102,7 @@ export function waitForPayment(payRecordId, options = {}) {
       stop();
       let moved = index >= 0;
       for (let i = index + 1; i < list.length; i++) {
-        if (typeof globalThis[NEEDS[list[i]]] !== 'function') {
+        if (!has(list[i])) {
           trace('fallback', `no ${NEEDS[list[i]]} here: ${list[i]} skipped`);
           moved = true;
           continue;
@@ -109,7 +118,7 @@ export function waitForPayment(payRecordId, options = {}) {
         return finish(apiError('no_transport', 0, 'none of ' + list.join(', ') + ' exists here'));
       }
       index = -1;
-      while (typeof globalThis[NEEDS[list[++index]]] !== 'function');
+      while (!has(list[++index]));
       retry(0);
     };
 
@@ -165,7 +174,7 @@ export function waitForPayment(payRecordId, options = {}) {
         if (why.silent || why.broken) return worked.has(transport()) ? retry(0) : fallback();
         probe(why.probe);
       };
-      closeTransport = OPENERS[transport()](on, url, base, trace);
+      closeTransport = OPENERS[transport()](on, url, base, trace, rt);
     };
 
     /**
@@ -174,20 +183,15 @@ export function waitForPayment(payRecordId, options = {}) {
      * server answers 200: the transport itself is what fails here.
      */
     const probe = (path) => {
-      if (typeof fetch !== 'function') return fallback();
-      const control = new AbortController();
-      const timer = setTimeout(() => control.abort(), opt.connectTimeout);
-      close = () => {
-        clearTimeout(timer);
-        control.abort();
-      };
+      if (!rt.get) return fallback();
+      const request = rt.get(path || url('/status', {}), { timeout: opt.connectTimeout, probe: true });
+      close = request.cancel;
       const mine = close;
-      fetch(path || url('/status', {}), { signal: control.signal, cache: 'no-store' }).then(
-        async (res) => {
-          const body = res.ok ? {} : await res.json().catch(() => ({}));
+      request.done.then(
+        (res) => {
           if (done || close !== mine) return;
           stop();
-          judge(res.status, body.error, res.headers.get('retry-after'));
+          judge(res.status, (parse(res.text) || {}).error, res.retryAfter);
         },
         () => {
           if (done || close !== mine) return;
@@ -228,9 +232,9 @@ export function waitForPayment(payRecordId, options = {}) {
 /** Each transport: opens its connection, reports through `on`, returns its closer. */
 const OPENERS = {
   /** EventSource on /push: `pending`, then the outcome or `timeout`. */
-  sse(on, url, base, trace) {
+  sse(on, url, base, trace, rt) {
     const address = url('/push', {});
-    const source = new EventSource(address);
+    const source = new rt.EventSource(address);
     trace('connect', `new EventSource("${address}")`);
     const pending = (e) => {
       trace('pending', e.data, e.lastEventId);
@@ -263,12 +267,12 @@ const OPENERS = {
   },
 
   /** WebSocket on /ws: frames PENDING, then the outcome; close `1000 timeout` at the deadline. */
-  ws(on, url, base, trace) {
+  ws(on, url, base, trace, rt) {
     const origin = base || globalThis.location.origin;
     const address = origin.replace(/^http/, 'ws') + url('/ws', {}).slice(base.length);
     let socket;
     try {
-      socket = new WebSocket(address);
+      socket = new rt.WebSocket(address);
     } catch (e) {
       trace('error', String(e));
       on.failed({});
@@ -310,45 +314,70 @@ const OPENERS = {
   },
 
   /** Long-poll on /status: one answer at once, then waits of 25 s each. */
-  poll(on, url, base, trace) {
-    const control = new AbortController();
-    let timer = 0;
+  poll(on, url, base, trace, rt) {
+    let request = null;
     const ask = (wait) => {
       const address = url('/status', { wait: String(wait) });
       trace('connect', 'GET ' + address);
-      if (wait) timer = setTimeout(() => control.abort(), wait * 1000 + POLL_SLACK_MS);
-      fetch(address, { signal: control.signal, cache: 'no-store' })
-        .then(async (res) => [res, await res.text()])
-        .then(([res, text]) => {
-          clearTimeout(timer);
-          const body = parse(text) || {};
-          if (!res.ok) return on.failed({ status: res.status, code: body.error, retryAfter: res.headers.get('retry-after') });
+      request = rt.get(address, { timeout: wait && wait * 1000 + POLL_SLACK_MS });
+      const mine = request;
+      request.done.then(
+        (res) => {
+          const body = parse(res.text) || {};
+          if (res.status < 200 || res.status > 299) {
+            return on.failed({ status: res.status, code: body.error, retryAfter: res.retryAfter });
+          }
           if (body.status === 'PENDING') {
-            trace('pending', `${res.status} ${text}`);
+            trace('pending', `${res.status} ${res.text}`);
             on.pending();
             // PENDING is a healthy end of a wait: ask again at once.
-            if (!control.signal.aborted) ask(POLL_WAIT_S);
+            if (request === mine) ask(POLL_WAIT_S);
           } else if (body.status) {
-            trace('message', `${res.status} ${text}`);
+            trace('message', `${res.status} ${res.text}`);
             on.outcome(body);
           } else {
             // Not paypush's answer (a captive portal, a proxy's page).
             on.failed({ broken: true });
           }
-        })
-        .catch((e) => {
-          clearTimeout(timer);
-          trace('error', 'the long-poll failed: ' + e.message);
+        },
+        (e) => {
+          if (request !== mine) return;
+          trace('error', 'the long-poll failed: ' + ((e && e.message) || e));
           on.failed({ network: true });
-        });
+        },
+      );
     };
     ask(0);
     return () => {
-      clearTimeout(timer);
-      control.abort();
+      const last = request;
+      request = null;
+      last.cancel();
     };
   },
 };
+
+/**
+ * GET with fetch: `{ done, cancel }`, `done` resolving with `{ status, text,
+ * retryAfter }`. A probe reads no body of a 2xx answer (it may be a stream).
+ */
+function fetchGet(address, { timeout, probe }) {
+  const control = new AbortController();
+  const timer = timeout ? setTimeout(() => control.abort(), timeout) : 0;
+  const done = fetch(address, { signal: control.signal, cache: 'no-store' })
+    .then(async (res) => ({
+      status: res.status,
+      text: probe && res.ok ? '' : await res.text(),
+      retryAfter: res.headers.get('retry-after'),
+    }))
+    .finally(() => clearTimeout(timer));
+  return {
+    done,
+    cancel() {
+      clearTimeout(timer);
+      control.abort();
+    },
+  };
+}
 
 function parse(text) {
   try {
