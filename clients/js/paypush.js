@@ -43,9 +43,10 @@ export function waitForPayment(payRecordId, options = {}) {
   const list = opt.transports.filter((t) => NEEDS[t]);
   // What the code runs on, looked up now; `runtime` replaces parts of it
   // (miniprogram.js passes the platform's request and connectSocket).
+  const global = typeof globalThis === 'object' ? globalThis : {};
   const rt = {
-    EventSource: globalThis.EventSource,
-    WebSocket: globalThis.WebSocket,
+    EventSource: global.EventSource,
+    WebSocket: global.WebSocket,
     get: typeof fetch === 'function' ? fetchGet : undefined,
     ...options.runtime,
   };
@@ -91,10 +92,11 @@ export function waitForPayment(payRecordId, options = {}) {
       signal.addEventListener('abort', aborted);
     }
 
+    // No URLSearchParams: mini-program runtimes lack it.
     const url = (path, extra) => {
-      const q = new URLSearchParams({ payRecordId: id, ...extra });
-      if (token) q.set('token', token);
-      return base + path + '?' + q;
+      const q = { payRecordId: id, ...extra };
+      if (token) q.token = token;
+      return base + path + '?' + Object.keys(q).map((k) => k + '=' + encodeURIComponent(q[k])).join('&');
     };
 
     /** Moves on to the next transport that exists here; from the top after a back-off. */
