@@ -331,6 +331,95 @@ async fn transport_falls_back_to_long_poll_without_event_source() {
     .await;
 }
 
+#[tokio::test]
+async fn page_watches_through_the_client_library_served_at_paypush_js() {
+    with_page("page_uses_paypush_js", |page| async move {
+        let app = spawn_app(&[]).await;
+        page.open(&app, "/").await;
+        page.wait_for("the pending event", |s| s.state == "waiting")
+            .await;
+        let loaded = page
+            .client
+            .execute(
+                "return performance.getEntriesByType('resource').map((e) => new URL(e.name).pathname);",
+                vec![],
+            )
+            .await
+            .expect("read the page's resources");
+        assert!(
+            loaded
+                .as_array()
+                .is_some_and(|paths| paths.iter().any(|p| p == "/paypush.js")),
+            "{loaded}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_transport_waits_again_after_the_servers_timeout_then_shows_the_outcome() {
+    with_page("every_transport_after_a_timeout", |page| async move {
+        let app = spawn_app(&["--push-timeout", "1s"]).await;
+        for (transport, status, state, waits) in [
+            ("sse", "SUCCESS", "success", 2),
+            ("ws", "FAILED", "failed", 2),
+            // The first long-poll is answered at once, then each waits 1 s.
+            ("poll", "CLOSED", "closed", 3),
+        ] {
+            page.open(&app, &format!("/?transport={transport}")).await;
+            let waiting = page
+                .wait_for("a second wait after the timeout", |s| {
+                    s.transport == transport && s.state == "waiting" && s.count("pending") >= waits
+                })
+                .await;
+            assert!(!waiting.log_has("fallback"), "{waiting:?}");
+            let id = waiting.pay_record_id.clone();
+            assert_eq!(app.callback(&id, Some(status)).await.status(), 200);
+            let done = page.wait_for("the outcome", |s| s.state == state).await;
+            assert_eq!(done.stream, "closed", "{transport}");
+            assert_eq!(done.transport, transport);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn transport_falls_back_to_long_poll_without_websocket() {
+    with_page("transport_fallback_without_websocket", |page| async move {
+        let app = spawn_app(&[]).await;
+        page.before_every_document("delete window.WebSocket;").await;
+        page.open(&app, "/?transport=ws").await;
+        let waiting = page
+            .wait_for("the long-poll fallback", |s| s.state == "waiting")
+            .await;
+        assert_eq!(waiting.transport, "poll");
+        assert_eq!(waiting.checked_transport, "poll");
+        assert!(waiting.log_mentions("no WebSocket here"), "{waiting:?}");
+        page.send_callback("SUCCESS", 1).await;
+        page.wait_for("the outcome", |s| s.state == "success").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_wrong_token_shows_the_servers_refusal_on_every_transport() {
+    with_page("a_wrong_token", |page| async move {
+        let app = spawn_app(&["--subscribe-secret", "browser test secret"]).await;
+        for transport in ["sse", "ws", "poll"] {
+            page.open(
+                &app,
+                &format!("/?payRecordId=5&token=00&transport={transport}"),
+            )
+            .await;
+            let refused = page.wait_for("the refusal", |s| s.state == "error").await;
+            assert!(refused.detail.contains("403 invalid_token"), "{refused:?}");
+            assert_eq!(refused.stream, "closed");
+            assert!(!refused.log_has("fallback"), "{refused:?}");
+        }
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------
 // The page, as the tests see it
 
@@ -341,6 +430,7 @@ struct PageState {
     /// `data-state` of the status: connecting, waiting, reconnecting, success...
     state: String,
     title: String,
+    detail: String,
     /// `data-stream`: connecting, open, reconnecting, closed.
     stream: String,
     stream_text: String,
@@ -377,6 +467,7 @@ const answer = q('#callback-answer');
 return {
   state: q('#status').dataset.state,
   title: q('#status-title').textContent,
+  detail: q('#status-detail').textContent,
   stream: q('#stream-state').dataset.stream,
   streamText: q('#stream-state').textContent,
   live: q('#status').getAttribute('aria-live'),
