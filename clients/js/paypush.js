@@ -176,7 +176,13 @@ export function waitForPayment(payRecordId, options = {}) {
         if (why.silent || why.broken) return worked.has(transport()) ? retry(0) : fallback();
         probe(why.probe);
       };
-      closeTransport = OPENERS[transport()](on, url, base, trace, rt);
+      try {
+        closeTransport = OPENERS[transport()](on, url, base, trace, rt);
+      } catch (e) {
+        // A constructor that refuses the URL (a bad base, a CSP): next one.
+        trace('error', String(e));
+        failed({ broken: true });
+      }
     };
 
     /**
@@ -272,14 +278,7 @@ const OPENERS = {
   ws(on, url, base, trace, rt) {
     const origin = base || globalThis.location.origin;
     const address = origin.replace(/^http/, 'ws') + url('/ws', {}).slice(base.length);
-    let socket;
-    try {
-      socket = new rt.WebSocket(address);
-    } catch (e) {
-      trace('error', String(e));
-      on.failed({});
-      return () => {};
-    }
+    const socket = new rt.WebSocket(address);
     trace('connect', `new WebSocket("${address}")`);
     let ended = false;
     socket.onopen = () => trace('open', 'socket open');

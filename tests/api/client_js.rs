@@ -64,3 +64,45 @@ async fn client_library_is_served_without_the_demo_page() {
     assert_eq!(answer.status(), 200);
     assert_eq!(answer.text().await.unwrap(), LIBRARY);
 }
+
+#[tokio::test]
+async fn client_library_answers_head_with_its_headers_only() {
+    let app = spawn_app(&[]).await;
+    let answer = app
+        .client
+        .head(app.url("/paypush.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        answer.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert!(answer.headers().contains_key("etag"));
+    assert!(answer.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_listed_origin_may_import_the_client_library_and_others_get_no_cors_header() {
+    let shop = "https://shop.example.com";
+    let app = spawn_app(&["--allow-origin", shop]).await;
+    let listed = app
+        .client
+        .get(app.url("/paypush.js"))
+        .header("origin", shop)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    assert_eq!(listed.headers()["access-control-allow-origin"], shop);
+    let other = app
+        .client
+        .get(app.url("/paypush.js"))
+        .header("origin", "https://elsewhere.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+}
