@@ -52,10 +52,12 @@ export async function freePort() {
   return port;
 }
 
-/** A redis-server of the test's own, no persistence, on a free port. */
+/** A redis-server of the test's own, no persistence, on a free port, in a temp folder. */
 export async function startRedis() {
   const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'paypush-js-redis-'));
   const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    cwd: dir,
     stdio: 'ignore',
   });
   await until('redis-server', () => new Promise((ok) => {
@@ -67,10 +69,13 @@ export async function startRedis() {
   }));
   return {
     url: `redis://127.0.0.1:${port}`,
-    stop: () => new Promise((r) => {
-      child.once('exit', r);
-      child.kill('SIGTERM');
-    }),
+    async stop() {
+      await new Promise((r) => {
+        child.once('exit', r);
+        child.kill('SIGTERM');
+      });
+      rmSync(dir, { recursive: true, force: true });
+    },
   };
 }
 
