@@ -52,6 +52,13 @@ export async function freePort() {
   return port;
 }
 
+/** Never leaves a server behind, even when the test process ends early. */
+function killOnExit(child) {
+  const kill = () => child.kill('SIGKILL');
+  process.once('exit', kill);
+  child.once('exit', () => process.off('exit', kill));
+}
+
 /** A redis-server of the test's own, no persistence, on a free port, in a temp folder. */
 export async function startRedis() {
   const port = await freePort();
@@ -60,6 +67,7 @@ export async function startRedis() {
     cwd: dir,
     stdio: 'ignore',
   });
+  killOnExit(child);
   await until('redis-server', () => new Promise((ok) => {
     const socket = netConnect(port, '127.0.0.1', () => {
       socket.end();
@@ -91,6 +99,7 @@ export async function startPaypush(flags = [], { redis, env = {} } = {}) {
     env: { ...process.env, RUST_LOG: 'warn,paypush=info', ...env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
+  killOnExit(child);
   let log = '';
   const address = await new Promise((ok, fail) => {
     child.stderr.on('data', (chunk) => {
