@@ -64,12 +64,12 @@ export function waitForPayment(payRecordId, options = {}) {
     const worked = new Set();
     const tried = new Set();
 
-    const trace = (kind, text, eventId) => onEvent && onEvent(kind, text, eventId);
+    const trace = (kind, text, eventId) => report(onEvent, kind, text, eventId);
     const transport = () => list[index];
     const state = (name) => {
       if (shown === name + transport()) return;
       shown = name + transport();
-      if (onState) onState(name, transport());
+      report(onState, name, transport());
     };
 
     const finish = (error, outcome) => {
@@ -132,7 +132,7 @@ export function waitForPayment(payRecordId, options = {}) {
       tried.add(transport());
       const since = Date.now();
       let pending = false;
-      let timer = setTimeout(() => {
+      const timer = setTimeout(() => {
         trace('error', `no PENDING within ${opt.connectTimeout} ms`);
         failed({ silent: true });
       }, opt.connectTimeout);
@@ -378,6 +378,17 @@ function fetchGet(address, { timeout, probe }) {
       control.abort();
     },
   };
+}
+
+/** Calls the caller's callback; what it throws is reported, never in the library's way. */
+function report(callback, ...args) {
+  try {
+    if (callback) callback(...args);
+  } catch (e) {
+    setTimeout(() => {
+      throw e;
+    });
+  }
 }
 
 function parse(text) {

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { waitForPayment } from '../paypush.js';
-import { freshId, installEventSource, recorder, refuse, startPaypush, startStandIn } from './helpers.js';
+import { freshId, installEventSource, recorder, refuse, startPaypush, startStandIn, until } from './helpers.js';
 
 installEventSource();
 
@@ -122,4 +122,35 @@ test('every transport failing: back to the first after a back-off, never a tight
   assert.deepEqual(seen.states.slice(0, 6), [
     'connecting:sse', 'fallback:ws', 'connecting:ws', 'fallback:poll', 'connecting:poll', 'reconnecting:sse',
   ]);
+});
+
+test('a callback that throws is reported and does not stop the wait', async () => {
+  const id = freshId();
+  let waiting = false;
+  const reported = [];
+  const outcome = waitForPayment(id, {
+    base: paypush.base,
+    transports: ['sse'],
+    onState(state) {
+      if (state !== 'waiting') return;
+      waiting = true;
+      throw new Error('a bug in the page');
+    },
+    onEvent(kind) {
+      if (kind === 'connect') throw new Error('another bug');
+    },
+  });
+  // What the library rethrows comes as uncaught exceptions, as it would in a page.
+  const listeners = process.listeners('uncaughtException');
+  process.removeAllListeners('uncaughtException');
+  process.on('uncaughtException', (e) => reported.push(e.message));
+  try {
+    await until('waiting', () => waiting);
+    await paypush.callback(id);
+    assert.equal((await outcome).status, 'SUCCESS');
+    await until('the errors reported', () => reported.includes('a bug in the page') && reported.includes('another bug'));
+  } finally {
+    process.removeAllListeners('uncaughtException');
+    for (const listener of listeners) process.on('uncaughtException', listener);
+  }
 });
