@@ -420,6 +420,72 @@ async fn a_wrong_token_shows_the_servers_refusal_on_every_transport() {
     .await;
 }
 
+#[tokio::test]
+async fn a_buffering_proxy_makes_the_page_fall_back_to_long_poll() {
+    with_page("fallback_behind_a_buffering_proxy", |page| async move {
+        let app = spawn_app(&[]).await;
+        let proxy = buffering_proxy(app.addr).await;
+        page.goto(&format!("http://{proxy}/")).await;
+        let waiting = page
+            .wait_for("the long-poll fallback", |s| {
+                s.state == "waiting" && s.transport == "poll"
+            })
+            .await;
+        assert!(waiting.log_mentions("no PENDING within"), "{waiting:?}");
+        assert_eq!(waiting.checked_transport, "poll");
+        page.send_callback("SUCCESS", 1).await;
+        page.wait_for("the outcome", |s| s.state == "success").await;
+    })
+    .await;
+}
+
+/// A proxy in front of `upstream` that passes everything through but event
+/// streams, which it holds back until they end, as a buffering proxy does.
+async fn buffering_proxy(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let addr = listener.local_addr().expect("proxy address");
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(relay_holding_event_streams(client, upstream));
+        }
+    });
+    addr
+}
+
+/// Relays one connection; from the first answer that is an event stream on,
+/// what the server sends is held until the server closes.
+async fn relay_holding_event_streams(
+    client: tokio::net::TcpStream,
+    upstream: std::net::SocketAddr,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let requests = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+    });
+    let mut held = Vec::new();
+    let mut buffer = vec![0u8; 16 * 1024];
+    while let Ok(n @ 1..) = server_read.read(&mut buffer).await {
+        let chunk = &buffer[..n];
+        let stream_starts = chunk
+            .windows(b"text/event-stream".len())
+            .any(|w| w == b"text/event-stream");
+        if !held.is_empty() || stream_starts {
+            held.extend_from_slice(chunk);
+        } else if client_write.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    let _ = client_write.write_all(&held).await;
+    requests.abort();
+}
+
 // ---------------------------------------------------------------------------
 // The page, as the tests see it
 
