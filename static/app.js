@@ -188,7 +188,7 @@ import { waitForPayment } from '/paypush.js';
       },
       (error) => {
         if (!live() || control.signal.aborted) return;
-        const message = `${error.status || ''} ${error.code || ''}: ${error.message}`;
+        const message = error.code ? `${error.status} ${error.code}: ${error.message}` : String(error);
         log('error', message);
         setState('error', message);
         setStream('closed');

@@ -171,7 +171,7 @@ export function waitForPayment(payRecordId, options = {}) {
       const failed = (why) => {
         stop();
         if (pending && Date.now() - since >= STABLE_MS) attempt = 0;
-        if (why.status !== undefined) return judge(why.status, why.code, why.retryAfter);
+        if (why.status !== undefined) return judge(why.status, why.body, why.retryAfter);
         if (why.pending || why.network) return retry(0);
         if (why.silent || why.broken) return worked.has(transport()) ? retry(0) : fallback();
         probe(why.probe);
@@ -199,7 +199,7 @@ export function waitForPayment(payRecordId, options = {}) {
         (res) => {
           if (done || close !== mine) return;
           stop();
-          judge(res.status, (parse(res.text) || {}).error, res.retryAfter);
+          judge(res.status, parse(res.text), res.retryAfter);
         },
         () => {
           if (done || close !== mine) return;
@@ -210,14 +210,15 @@ export function waitForPayment(payRecordId, options = {}) {
       );
     };
 
-    /** What an HTTP status means: reject, fall back, or retry. */
-    const judge = (status, code, retryAfter) => {
+    /** What an HTTP answer (status, JSON error body) means: reject, fall back, or retry. */
+    const judge = (status, body, retryAfter) => {
       if (status >= 200 && status < 300) {
         return worked.has(transport()) ? retry(0) : fallback();
       }
-      trace('error', `${status} ${code || ''}`);
+      const code = (body && body.error) || 'http_' + status;
+      trace('error', `${status} ${code}`);
       if (status >= 400 && status < 500 && status !== 408 && status !== 429) {
-        return finish(apiError(code || 'http_' + status, status, `paypush refused: ${status} ${code || ''}`));
+        return finish(apiError(code, status, (body && body.message) || `paypush refused the wait (${status})`));
       }
       retry(parseRetryAfter(retryAfter));
     };
@@ -326,7 +327,7 @@ const OPENERS = {
         (res) => {
           const body = parse(res.text) || {};
           if (res.status < 200 || res.status > 299) {
-            return on.failed({ status: res.status, code: body.error, retryAfter: res.retryAfter });
+            return on.failed({ status: res.status, body, retryAfter: res.retryAfter });
           }
           if (body.status === 'PENDING') {
             trace('pending', `${res.status} ${res.text}`);
