@@ -4,6 +4,7 @@
 // code and status.
 
 import assert from 'node:assert/strict';
+import { getEventListeners } from 'node:events';
 import { after, before, describe, test } from 'node:test';
 import { waitForPayment } from '../paypush.js';
 import { freshId, installEventSource, recorder, startPaypush, startRedis, until } from './helpers.js';
@@ -34,8 +35,10 @@ for (const mode of ['single process', 'Redis mode']) {
       test(`${transport}: resolves with the outcome sent while it waits`, async () => {
         const id = freshId();
         const seen = recorder();
-        const outcome = waitForPayment(id, { base: paypush.base, transports: [transport], ...seen });
+        const control = new AbortController();
+        const outcome = waitForPayment(id, { base: paypush.base, transports: [transport], signal: control.signal, ...seen });
         await seen.waiting();
+        assert.equal(getEventListeners(control.signal, 'abort').length, 1);
         await paypush.callback(id, 'FAILED');
         const got = await outcome;
         assert.deepEqual(Object.keys(got).sort(), ['completedAt', 'message', 'payRecordId', 'status']);
@@ -44,6 +47,7 @@ for (const mode of ['single process', 'Redis mode']) {
         assert.equal(got.message, '支付失败');
         assert.match(got.completedAt, /^\d{4}-\d\d-\d\dT.*Z$/);
         assert.deepEqual(seen.states, [`connecting:${transport}`, `waiting:${transport}`]);
+        assert.equal(getEventListeners(control.signal, 'abort').length, 0, 'no listener left on the signal');
         await until('no waiter left', async () => (await paypush.metric('paypush_streams_open')) === 0);
       });
 
