@@ -161,7 +161,7 @@ pub struct Config {
     #[arg(long, env = "PAYPUSH_PUBLIC_URL", value_name = "URL", value_parser = parse_public_url)]
     pub public_url: Option<String>,
 
-    /// Turn the demo page, its files and /qr.svg off (404), for production.
+    /// Turn the demo page, its files and /qr.svg off (404), for production; /paypush.js stays.
     #[arg(long, env = "PAYPUSH_NO_DEMO_PAGE")]
     pub no_demo_page: bool,
 

@@ -4,9 +4,13 @@
 
 use std::borrow::Cow;
 use std::path::Path;
+use std::sync::LazyLock;
 
-use warp::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY};
-use warp::http::HeaderValue;
+use sha2::{Digest, Sha256};
+use warp::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, IF_NONE_MATCH, REFERRER_POLICY,
+};
+use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Rejection;
 
@@ -47,6 +51,60 @@ pub async fn openapi() -> Result<Response, Rejection> {
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(response)
+}
+
+/// The client library (`clients/js/paypush.js`), built into the binary:
+/// pages import it from here, so the page and the server always agree.
+pub const CLIENT_JS: &str = include_str!("../clients/js/paypush.js");
+
+/// How long a page (or a shared cache) may reuse `/paypush.js` before it
+/// asks again; asking again costs a `304` while the ETag still matches.
+/// Five minutes: a checkout page loads it once per visit, and a new release
+/// reaches every page within that time.
+pub const CLIENT_JS_CACHE_CONTROL: &str = "public, max-age=300";
+
+/// The ETag of [`CLIENT_JS`]: a hash of its contents, computed once.
+static CLIENT_JS_ETAG: LazyLock<HeaderValue> = LazyLock::new(|| {
+    let digest = Sha256::digest(CLIENT_JS.as_bytes());
+    let tag = format!("\"{}\"", hex::encode(&digest[..16]));
+    HeaderValue::from_str(&tag).expect("hex digits in quotes are a header value")
+});
+
+/// `GET /paypush.js`: the client library, or `304` when the request's
+/// `If-None-Match` names its ETag (or is `*`).
+pub async fn client_js(headers: HeaderMap) -> Result<Response, Rejection> {
+    let etag = CLIENT_JS_ETAG.clone();
+    // Read as bytes: a tag list that is not text matches nothing.
+    let fresh = headers
+        .get_all(IF_NONE_MATCH)
+        .iter()
+        .any(|tags| etag_matches(&String::from_utf8_lossy(tags.as_bytes()), &etag));
+    let mut response = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut response = CLIENT_JS.into_response();
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/javascript; charset=utf-8"),
+        );
+        response
+    };
+    let headers = response.headers_mut();
+    headers.insert(ETAG, etag);
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static(CLIENT_JS_CACHE_CONTROL),
+    );
+    Ok(response)
+}
+
+/// True when an `If-None-Match` list names `etag` (weak comparison, as RFC
+/// 9110 asks for `If-None-Match`) or is `*`.
+fn etag_matches(tags: &str, etag: &HeaderValue) -> bool {
+    let etag = etag.as_bytes();
+    tags.split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == etag)
 }
 
 /// `GET /metrics`

@@ -48,6 +48,8 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
         .unify()
         .or(openapi())
         .unify()
+        .or(client_js())
+        .unify()
         .or(static_files(app))
         .unify()
         .boxed();
@@ -178,6 +180,15 @@ pub fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clon
     warp::path!("openapi.yaml")
         .and(methods(&[Method::GET], "GET"))
         .and_then(handlers::openapi)
+}
+
+/// GET /paypush.js: the client library (clients/js/paypush.js). An API
+/// route, not part of the demo page: served with `--no-demo-page` too.
+pub fn client_js() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("paypush.js")
+        .and(methods(&[Method::GET, Method::HEAD], "GET, HEAD"))
+        .and(warp::header::headers_cloned())
+        .and_then(handlers::client_js)
 }
 
 /// GET /, GET /<file>: the demo page and its assets

@@ -1,20 +1,16 @@
-// paypush demo checkout page: one order, its live status over Server-Sent
-// Events (or, by choice or when EventSource is missing, long-poll /status or
-// a WebSocket on /ws), a form that plays the payment provider, and a log of
-// the raw traffic.
-// Plain JavaScript, no build step, no network resource but this server.
-'use strict';
+// paypush demo checkout page: one order, its live status through paypush.js
+// (Server-Sent Events, or by choice long-poll /status or a WebSocket on /ws,
+// falling back to long-poll when EventSource is missing or fails), a form that
+// plays the payment provider, and a log of the raw traffic.
+// Plain JavaScript (an ES module), no build step, no network resource but
+// this server.
+import { waitForPayment } from '/paypush.js';
 
-(() => {
+{
   /** A payRecordId as the contract writes it: [1-9][0-9]*. */
   const ID_PATTERN = /^[1-9][0-9]*$/;
-  /** How long the page waits before it reopens a stream the browser gave up on. */
-  const RETRY_FIRST_MS = 3000;
-  const RETRY_MAX_MS = 30000;
   /** Entries kept in the event log. */
   const LOG_LIMIT = 200;
-  /** The longest wait a long-poll asks for; the server's own cap. */
-  const LONG_POLL_WAIT_S = 25;
   /** The transports a person can choose, by the radio buttons' values. */
   const TRANSPORT_NAMES = { sse: 'EventSource /push', poll: 'long-poll /status', ws: 'WebSocket /ws' };
   /** Mini-program WebViews and old browsers lack it: then long-poll. */
@@ -31,7 +27,7 @@
   const STATES = {
     connecting: ['正在连接…', 'Connecting to the payment stream'],
     waiting: ['等待支付', 'Waiting for the payment. The page is connected and hears the outcome the instant it happens.'],
-    reconnecting: ['正在重新连接…', 'Reconnecting: the stream ended or dropped, and the browser opens it again by itself.'],
+    reconnecting: ['正在重新连接…', 'Reconnecting: the wait ended or dropped, and the page opens it again by itself.'],
     success: ['支付成功', 'Payment successful. Thank you!'],
     failed: ['支付失败', 'The payment failed. Send another order to try again.'],
     closed: ['订单已关闭', 'The order was closed before it was paid.'],
@@ -158,232 +154,52 @@
     while (el.log.children.length > LOG_LIMIT) el.log.lastElementChild.remove();
   }
 
-  /** Opens (or reopens) the order's connection with its transport. */
+  /**
+   * Watches the order's payment with paypush.js, starting with the session's
+   * transport and falling back to long-poll; shows every state and logs
+   * every event the library reports.
+   */
   function connect(s) {
-    if (s.closed) return;
-    s.generation += 1;
-    const open = { sse: connectSse, poll: connectPoll, ws: connectWs }[s.transport];
-    open(s, s.generation);
-  }
-
-  /** True while connection number `gen` of `s` is the one that counts. */
-  function live(s, gen) {
-    return session === s && !s.closed && s.generation === gen;
-  }
-
-  /** Closes whatever the session has open; late callbacks of it are ignored. */
-  function stop(s) {
-    s.generation += 1;
-    clearTimeout(s.timer);
-    if (s.source) s.source.close();
-    if (s.socket) s.socket.close(1000);
-    if (s.abort) s.abort.abort();
-    s.source = null;
-    s.socket = null;
-    s.abort = null;
-  }
-
-  /** A `PENDING` object arrived: the page is registered and waits. */
-  function waiting(s) {
-    s.retryMs = RETRY_FIRST_MS;
-    step('subscribe');
-    setState('waiting');
-    setStream('open');
-  }
-
-  /** Reconnects after a back-off that doubles up to RETRY_MAX_MS. */
-  function retry(s, gen) {
-    if (!live(s, gen)) return;
-    const wait = s.retryMs;
-    s.retryMs = Math.min(s.retryMs * 2, RETRY_MAX_MS);
-    if (el.status.dataset.state !== 'error') setState('reconnecting');
-    setStream('reconnecting');
-    log('connect', `reopening in ${wait / 1000} s`);
-    s.timer = setTimeout(() => connect(s), wait);
-  }
-
-  /** Errors that retrying cannot fix: a bad id or token, a foreign origin. */
-  function permanent(status) {
-    return status >= 400 && status < 500 && status !== 429;
-  }
-
-  function parse(text) {
-    try {
-      return JSON.parse(text);
-    } catch (e) {
-      log('error', 'not JSON: ' + e.message);
-      return null;
-    }
-  }
-
-  /** EventSource on /push: the browser reconnects by itself. */
-  function connectSse(s, gen) {
-    const url = '/push?' + query({ payRecordId: s.order.id });
-    const source = new EventSource(url);
-    s.source = source;
-    log('connect', 'new EventSource("' + url + '")');
-
-    source.onopen = () => {
-      if (!live(s, gen)) return;
-      s.retryMs = RETRY_FIRST_MS;
-      setStream('open');
-      log('open', 'stream open (200 text/event-stream)');
-    };
-    source.addEventListener('pending', (event) => {
-      if (!live(s, gen)) return;
-      log('pending', event.data, event.lastEventId);
-      waiting(s);
-    });
-    source.addEventListener('timeout', (event) => {
-      if (!live(s, gen)) return;
-      log('timeout', event.data, event.lastEventId);
-      setState('reconnecting', 'The server ended a long wait (event: timeout); the browser reconnects and waits again.');
-      setStream('reconnecting');
-    });
-    source.onmessage = (event) => {
-      if (!live(s, gen)) return;
-      log('message', event.data, event.lastEventId);
-      const outcome = parse(event.data);
-      if (outcome) finish(s, outcome, 'outcome received: EventSource.close()');
-    };
-    source.onerror = () => {
-      if (!live(s, gen)) return;
-      if (source.readyState === EventSource.CLOSED) {
-        log('error', 'the browser closed the stream: the server refused it');
-        s.source = null;
-        probe(s, gen, url);
-      } else {
-        log('error', 'stream ended or dropped; EventSource reconnects by itself');
-      }
-      if (el.status.dataset.state !== 'error') setState('reconnecting');
-      setStream('reconnecting');
-    };
-  }
-
-  /**
-   * Long-poll on /status: one request answered at once (so the page shows
-   * "waiting" without delay), then requests that wait up to 25 s each.
-   */
-  async function connectPoll(s, gen) {
-    let wait = 0;
-    while (live(s, gen)) {
-      const url = '/status?' + query({ payRecordId: s.order.id, wait: String(wait) });
-      const abort = new AbortController();
-      s.abort = abort;
-      log('request', 'GET ' + url);
-      let res;
-      let text;
-      try {
-        res = await fetch(url, { signal: abort.signal, cache: 'no-store' });
-        text = await res.text();
-      } catch (e) {
-        if (!live(s, gen)) return;
-        log('error', 'the long-poll failed: ' + e.message);
-        retry(s, gen);
-        return;
-      }
-      if (!live(s, gen)) return;
-      const body = parse(text) || {};
-      if (!res.ok) {
-        const message = `${res.status} ${body.error || ''}: ${body.message || res.statusText}`;
-        log('error', message);
-        if (permanent(res.status)) {
-          setState('error', message);
-          setStream('closed');
-          return;
+    const control = new AbortController();
+    s.control = control;
+    const live = () => session === s && s.control === control;
+    waitForPayment(s.order.id, {
+      token: token || undefined,
+      transports: s.transport === 'poll' ? ['poll'] : [s.transport, 'poll'],
+      signal: control.signal,
+      onState(state, transport) {
+        if (!live()) return;
+        if (transport !== s.transport) {
+          s.transport = transport;
+          showTransport(transport);
         }
-        retry(s, gen);
-        return;
-      }
-      if (body.status !== 'PENDING') {
-        log('message', `${res.status} ${text}`);
-        finish(s, body, 'outcome received: no further long-poll');
-        return;
-      }
-      log('pending', `${res.status} ${text}`);
-      waiting(s);
-      wait = LONG_POLL_WAIT_S;
-    }
+        // paypush.js logs the fallback itself (onEvent).
+        if (state === 'fallback') return;
+        if (state === 'waiting') step('subscribe');
+        setState(state);
+        setStream({ connecting: 'connecting', waiting: 'open', reconnecting: 'reconnecting' }[state]);
+      },
+      onEvent(kind, text, id) {
+        if (session === s && (live() || s.closed)) log(kind, text, id);
+      },
+    }).then(
+      (outcome) => {
+        if (live()) finish(s, outcome, 'outcome received: paypush.js closed the connection');
+      },
+      (error) => {
+        if (!live() || control.signal.aborted) return;
+        const message = error.code ? `${error.status} ${error.code}: ${error.message}` : String(error);
+        log('error', message);
+        setState('error', message);
+        setStream('closed');
+      },
+    );
   }
 
-  /** WebSocket on /ws: frames PENDING, then the outcome, then a close. */
-  function connectWs(s, gen) {
-    const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
-    const path = '/ws?' + query({ payRecordId: s.order.id });
-    const socket = new WebSocket(scheme + location.host + path);
-    s.socket = socket;
-    let opened = false;
-    log('connect', 'new WebSocket("' + scheme + location.host + path + '")');
-
-    socket.onopen = () => {
-      if (!live(s, gen)) return;
-      opened = true;
-      setStream('open');
-      log('open', 'socket open (101 Switching Protocols)');
-    };
-    socket.onmessage = (event) => {
-      if (!live(s, gen)) return;
-      const body = parse(event.data);
-      if (!body) return;
-      if (body.status === 'PENDING') {
-        log('pending', event.data);
-        waiting(s);
-        return;
-      }
-      log('message', event.data);
-      s.socket = null; // the server closes it (1000 outcome)
-      finish(s, body, 'outcome received: the server closes the socket');
-    };
-    socket.onclose = (event) => {
-      if (session !== s) return;
-      log('close', `close frame ${event.code}${event.reason ? ' ' + event.reason : ''}`);
-      if (!live(s, gen)) return;
-      s.socket = null;
-      if (event.code === 1000 && event.reason === 'timeout') {
-        setState('reconnecting', 'The server ended a long wait (close 1000 timeout); the page opens a new socket.');
-        setStream('reconnecting');
-        connect(s);
-      } else if (!opened) {
-        // Refused before the upgrade: the browser hides the HTTP answer,
-        // so ask /status (same id and token checks) why.
-        probe(s, gen, '/status?' + query({ payRecordId: s.order.id }));
-      } else {
-        retry(s, gen);
-      }
-    };
-  }
-
-  /**
-   * The browser gave up (an HTTP error such as 429 or 503): ask the server
-   * why with a plain request, then retry with back-off unless the error is
-   * one retrying cannot fix (a bad id or token).
-   */
-  async function probe(s, gen, url) {
-    const abort = new AbortController();
-    let status = 0;
-    let message = 'the server could not be reached';
-    try {
-      const res = await fetch(url, { signal: abort.signal, headers: { Accept: 'text/event-stream' } });
-      status = res.status;
-      if (res.ok) {
-        message = 'the server accepts the request again';
-      } else {
-        const body = await res.json().catch(() => ({}));
-        message = `${res.status} ${body.error || ''}: ${body.message || res.statusText}`;
-      }
-    } catch (e) {
-      // Network error: keep retrying.
-    } finally {
-      abort.abort();
-    }
-    if (!live(s, gen)) return;
-    log('error', message);
-    if (permanent(status)) {
-      setState('error', message);
-      setStream('closed');
-      return;
-    }
-    retry(s, gen);
+  /** Stops watching: paypush.js closes whatever it has open. */
+  function stop(s) {
+    if (s.control) s.control.abort();
+    s.control = null;
   }
 
   /** The outcome arrived: show it, close the connection, say so. */
@@ -413,7 +229,7 @@
       stop(session);
       session.closed = true;
     }
-    session = { order, transport, source: null, socket: null, abort: null, closed: false, retryMs: RETRY_FIRST_MS, timer: 0, generation: 0 };
+    session = { order, transport, control: null, closed: false };
     el.log.replaceChildren();
     el.answer.hidden = true;
     el.form.reset();
@@ -421,7 +237,6 @@
     step();
     showOrder(order);
     showTransport(transport);
-    if (!HAS_EVENT_SOURCE) log('fallback', 'this browser has no EventSource: long-poll /status instead');
     setState('connecting');
     setStream('connecting');
     connect(session);
@@ -433,7 +248,6 @@
     stop(s);
     s.transport = transport;
     s.closed = false;
-    s.retryMs = RETRY_FIRST_MS;
     showTransport(transport);
     el.time.hidden = true;
     log('transport', 'now watching through ' + TRANSPORT_NAMES[transport]);
@@ -442,12 +256,10 @@
     connect(s);
   }
 
-  /** `?transport=sse|poll|ws`, else EventSource, else (none) long-poll. */
+  /** `?transport=sse|poll|ws`, else EventSource (paypush.js falls back to long-poll where it is missing). */
   function initialTransport() {
     const asked = params.get('transport');
-    const known = Object.prototype.hasOwnProperty.call(TRANSPORT_NAMES, asked);
-    const transport = known ? asked : 'sse';
-    return transport === 'sse' && !HAS_EVENT_SOURCE ? 'poll' : transport;
+    return Object.prototype.hasOwnProperty.call(TRANSPORT_NAMES, asked) ? asked : 'sse';
   }
 
   /** Posts the form with fetch (form-encoded) and shows the JSON answer. */
@@ -511,4 +323,4 @@
 
   const watched = params.get('payRecordId');
   start(watched && ID_PATTERN.test(watched) ? watchedOrder(watched) : newOrder());
-})();
+}

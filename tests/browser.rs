@@ -331,6 +331,161 @@ async fn transport_falls_back_to_long_poll_without_event_source() {
     .await;
 }
 
+#[tokio::test]
+async fn page_watches_through_the_client_library_served_at_paypush_js() {
+    with_page("page_uses_paypush_js", |page| async move {
+        let app = spawn_app(&[]).await;
+        page.open(&app, "/").await;
+        page.wait_for("the pending event", |s| s.state == "waiting")
+            .await;
+        let loaded = page
+            .client
+            .execute(
+                "return performance.getEntriesByType('resource').map((e) => new URL(e.name).pathname);",
+                vec![],
+            )
+            .await
+            .expect("read the page's resources");
+        assert!(
+            loaded
+                .as_array()
+                .is_some_and(|paths| paths.iter().any(|p| p == "/paypush.js")),
+            "{loaded}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_transport_waits_again_after_the_servers_timeout_then_shows_the_outcome() {
+    with_page("every_transport_after_a_timeout", |page| async move {
+        let app = spawn_app(&["--push-timeout", "1s"]).await;
+        for (transport, status, state, waits) in [
+            ("sse", "SUCCESS", "success", 2),
+            ("ws", "FAILED", "failed", 2),
+            // The first long-poll is answered at once, then each waits 1 s.
+            ("poll", "CLOSED", "closed", 3),
+        ] {
+            page.open(&app, &format!("/?transport={transport}")).await;
+            let waiting = page
+                .wait_for("a second wait after the timeout", |s| {
+                    s.transport == transport && s.state == "waiting" && s.count("pending") >= waits
+                })
+                .await;
+            assert!(!waiting.log_has("fallback"), "{waiting:?}");
+            let id = waiting.pay_record_id.clone();
+            assert_eq!(app.callback(&id, Some(status)).await.status(), 200);
+            let done = page.wait_for("the outcome", |s| s.state == state).await;
+            assert_eq!(done.stream, "closed", "{transport}");
+            assert_eq!(done.transport, transport);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn transport_falls_back_to_long_poll_without_websocket() {
+    with_page("transport_fallback_without_websocket", |page| async move {
+        let app = spawn_app(&[]).await;
+        page.before_every_document("delete window.WebSocket;").await;
+        page.open(&app, "/?transport=ws").await;
+        let waiting = page
+            .wait_for("the long-poll fallback", |s| s.state == "waiting")
+            .await;
+        assert_eq!(waiting.transport, "poll");
+        assert_eq!(waiting.checked_transport, "poll");
+        assert!(waiting.log_mentions("no WebSocket here"), "{waiting:?}");
+        page.send_callback("SUCCESS", 1).await;
+        page.wait_for("the outcome", |s| s.state == "success").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_wrong_token_shows_the_servers_refusal_on_every_transport() {
+    with_page("a_wrong_token", |page| async move {
+        let app = spawn_app(&["--subscribe-secret", "browser test secret"]).await;
+        for transport in ["sse", "ws", "poll"] {
+            page.open(
+                &app,
+                &format!("/?payRecordId=5&token=00&transport={transport}"),
+            )
+            .await;
+            let refused = page.wait_for("the refusal", |s| s.state == "error").await;
+            assert!(refused.detail.contains("403 invalid_token"), "{refused:?}");
+            assert_eq!(refused.stream, "closed");
+            assert!(!refused.log_has("fallback"), "{refused:?}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_buffering_proxy_makes_the_page_fall_back_to_long_poll() {
+    with_page("fallback_behind_a_buffering_proxy", |page| async move {
+        let app = spawn_app(&[]).await;
+        let proxy = buffering_proxy(app.addr).await;
+        page.goto(&format!("http://{proxy}/")).await;
+        let waiting = page
+            .wait_for("the long-poll fallback", |s| {
+                s.state == "waiting" && s.transport == "poll"
+            })
+            .await;
+        assert!(waiting.log_mentions("no PENDING within"), "{waiting:?}");
+        assert_eq!(waiting.checked_transport, "poll");
+        page.send_callback("SUCCESS", 1).await;
+        page.wait_for("the outcome", |s| s.state == "success").await;
+    })
+    .await;
+}
+
+/// A proxy in front of `upstream` that passes everything through but event
+/// streams, which it holds back until they end, as a buffering proxy does.
+async fn buffering_proxy(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let addr = listener.local_addr().expect("proxy address");
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(relay_holding_event_streams(client, upstream));
+        }
+    });
+    addr
+}
+
+/// Relays one connection; from the first answer that is an event stream on,
+/// what the server sends is held until the server closes.
+async fn relay_holding_event_streams(
+    client: tokio::net::TcpStream,
+    upstream: std::net::SocketAddr,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let requests = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+    });
+    let mut held = Vec::new();
+    let mut buffer = vec![0u8; 16 * 1024];
+    while let Ok(n @ 1..) = server_read.read(&mut buffer).await {
+        let chunk = &buffer[..n];
+        let stream_starts = chunk
+            .windows(b"text/event-stream".len())
+            .any(|w| w == b"text/event-stream");
+        if !held.is_empty() || stream_starts {
+            held.extend_from_slice(chunk);
+        } else if client_write.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    let _ = client_write.write_all(&held).await;
+    requests.abort();
+}
+
 // ---------------------------------------------------------------------------
 // The page, as the tests see it
 
@@ -341,6 +496,7 @@ struct PageState {
     /// `data-state` of the status: connecting, waiting, reconnecting, success...
     state: String,
     title: String,
+    detail: String,
     /// `data-stream`: connecting, open, reconnecting, closed.
     stream: String,
     stream_text: String,
@@ -377,6 +533,7 @@ const answer = q('#callback-answer');
 return {
   state: q('#status').dataset.state,
   title: q('#status-title').textContent,
+  detail: q('#status-detail').textContent,
   stream: q('#stream-state').dataset.stream,
   streamText: q('#stream-state').textContent,
   live: q('#status').getAttribute('aria-live'),

@@ -171,6 +171,7 @@ async fn every_answer_says_nosniff() {
     for path in [
         "/",
         "/app.js",
+        "/paypush.js",
         "/healthz",
         "/metrics",
         "/qr.svg?payRecordId=1",

@@ -58,6 +58,7 @@ async fn every_405_has_an_allow_header_listing_the_routes_methods() {
         ("POST", "/qr.svg?payRecordId=1", "GET"),
         ("POST", "/", "GET, HEAD"),
         ("DELETE", "/app.js", "GET, HEAD"),
+        ("POST", "/paypush.js", "GET, HEAD"),
     ] {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let answer = app

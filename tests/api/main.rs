@@ -2,6 +2,7 @@
 
 mod callback;
 mod cli;
+mod client_js;
 mod cors;
 mod demo_page;
 mod deploy;

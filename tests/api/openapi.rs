@@ -35,6 +35,7 @@ fn openapi_document_describes_every_route_of_the_contract() {
         "/openapi.yaml",
         "/",
         "/qr.svg",
+        "/paypush.js",
     ] {
         assert!(
             DOCUMENT.contains(&format!("\n  {path}:\n")),

@@ -182,6 +182,16 @@ production_flags_hide_the_demo_page_and_metrics() {
         grep -q '^paypush_callbacks_total' "$work/body"
 }
 
+client_library_is_cached_and_revalidated() {
+    local etag
+    [ "$(status_of "$base/paypush.js" -D "$work/head")" = 200 ] &&
+        grep -q 'export function waitForPayment' "$work/body" &&
+        grep -qi '^content-type: text/javascript; charset=utf-8' "$work/head" &&
+        grep -qi '^cache-control: public, max-age=300' "$work/head" || return 1
+    etag=$(grep -i '^etag:' "$work/head" | cut -d' ' -f2 | tr -d '\r')
+    [ -n "$etag" ] && [ "$(status_of "$base/paypush.js" -H "If-None-Match: $etag")" = 304 ]
+}
+
 every_answer_says_nosniff() {
     curl -s -D - -o /dev/null "$base/healthz" | grep -qi '^x-content-type-options: nosniff' &&
         curl -s -D - -o /dev/null "$base/no-such-route" | grep -qi '^x-content-type-options: nosniff'
@@ -222,6 +232,7 @@ stop_server
 PAYPUSH_CALLBACK_SECRET=$secret PAYPUSH_SUBSCRIBE_SECRET=$sub_secret \
     start_server --no-demo-page --metrics-bind 127.0.0.1:0
 check "production flags: no demo page, /metrics only on --metrics-bind" production_flags_hide_the_demo_page_and_metrics
+check "production flags keep /paypush.js, cached with an ETag (304)" client_library_is_cached_and_revalidated
 check "every answer says X-Content-Type-Options: nosniff" every_answer_says_nosniff
 check "a body that stalls gets 408 and a close within 10 s" a_stalled_body_gets_408_within_10s
 stop_server
