@@ -4,7 +4,7 @@
 //! A page opens `GET /push?payRecordId=123`, a Server-Sent Events stream; the
 //! payment provider calls `/pay-callback?payRecordId=123`; paypush pushes the
 //! outcome to every stream of that payment and ends them. The HTTP contract is
-//! in the README's "API" section.
+//! in `docs/api.md` (and, machine-readable, `docs/openapi.yaml`).
 //!
 //! # Layout
 //!

@@ -396,7 +396,7 @@ mod tests {
 
     #[test]
     fn get_signature_matches_the_documented_message() {
-        // The README's openssl recipe computes exactly this: an empty line
+        // The openssl recipe of docs/security.md computes exactly this: an empty line
         // for the media type and another for the body.
         let parsed = headers_signing(
             b"1700000000\nabcdefghijklmnop\nGET\n/pay-callback?payRecordId=123\n\n\n",

@@ -1,4 +1,4 @@
-//! The README's client snippets ("Clients"), run as written with `node`
+//! The client snippets of `docs/clients.md`, run as written with `node`
 //! against a real paypush: the `fetch` long-poll loop, the WebSocket client,
 //! and the two WeChat mini-program pages (with a small `wx` and `Page`
 //! stand-in built on Node's own `fetch` and `WebSocket`: the server side is
@@ -66,33 +66,39 @@ function Page(definition) {
 "#;
 
 #[tokio::test]
-async fn readme_fetch_loop_long_polls_until_the_outcome() {
+async fn documented_fetch_loop_long_polls_until_the_outcome() {
     let script = format!(
         "{}\nwaitForOutcome(process.argv[2], process.argv[4]).then((o) => console.log(JSON.stringify(o)));",
         snippet("fetch-loop")
     );
-    run_client("readme_fetch_loop", &script, "poll", "301").await;
+    run_client("documented_fetch_loop", &script, "poll", "301").await;
 }
 
 #[tokio::test]
-async fn readme_websocket_client_reconnects_until_the_outcome() {
+async fn documented_websocket_client_reconnects_until_the_outcome() {
     let script = format!(
         "{}\nwatchOverWebSocket(process.argv[3], process.argv[4]).then((o) => {{ console.log(JSON.stringify(o)); process.exit(0); }});",
         snippet("websocket")
     );
-    run_client("readme_websocket_client", &script, "ws", "302").await;
+    run_client("documented_websocket_client", &script, "ws", "302").await;
 }
 
 #[tokio::test]
-async fn readme_mini_program_request_loop_gets_the_outcome() {
+async fn documented_mini_program_request_loop_gets_the_outcome() {
     let script = format!("{MINI_PROGRAM_RUNTIME}\n{}", snippet("wx-request"));
-    run_client("readme_mini_program_request_loop", &script, "poll", "303").await;
+    run_client(
+        "documented_mini_program_request_loop",
+        &script,
+        "poll",
+        "303",
+    )
+    .await;
 }
 
 #[tokio::test]
-async fn readme_mini_program_socket_gets_the_outcome() {
+async fn documented_mini_program_socket_gets_the_outcome() {
     let script = format!("{MINI_PROGRAM_RUNTIME}\n{}", snippet("wx-socket"));
-    run_client("readme_mini_program_socket", &script, "ws", "304").await;
+    run_client("documented_mini_program_socket", &script, "ws", "304").await;
 }
 
 /// Runs `script` with `node <script> <http base> <ws base> <id>` against a
@@ -158,16 +164,16 @@ async fn wait_through_one_timeout(app: &TestApp, transport: &str) {
     }
 }
 
-/// The README code block after `<!-- client-test: {name} -->`.
+/// The code block of `docs/clients.md` after `<!-- client-test: {name} -->`.
 fn snippet(name: &str) -> String {
-    let readme = include_str!("../README.md");
+    let page = include_str!("../docs/clients.md");
     let marker = format!("<!-- client-test: {name} -->\n```js\n");
-    let start = readme
+    let start = page
         .find(&marker)
-        .unwrap_or_else(|| panic!("no {marker:?} in README.md"))
+        .unwrap_or_else(|| panic!("no {marker:?} in docs/clients.md"))
         + marker.len();
-    let length = readme[start..].find("\n```").expect("the end of the block");
-    readme[start..start + length].to_string()
+    let length = page[start..].find("\n```").expect("the end of the block");
+    page[start..start + length].to_string()
 }
 
 /// How to run node with `WebSocket` available.

@@ -114,7 +114,7 @@ impl Runner {
         let scratch = tempfile::tempdir().unwrap();
         let dir = example_dir(example.language);
         let (program, args) = match example.language {
-            // As its README says: the JDK's single-file source launcher.
+            // As docs/security.md says: the JDK's single-file source launcher.
             "java" => ("java".into(), vec![dir.join("Paypush.java")]),
             "python" => ("python3".into(), vec![dir.join("paypush.py")]),
             "node" => ("node".into(), vec![dir.join("paypush.js")]),
