@@ -21,7 +21,7 @@ use crate::signature::{self, SignatureError, SignatureHeaders, SignedParts};
 /// A `/pay-callback` request as received: what is signed, and where its
 /// fields are (the query for GET, the body for POST).
 #[derive(Debug)]
-pub struct CallbackRequest {
+pub(crate) struct CallbackRequest {
     /// GET or POST.
     pub method: Method,
     /// As sent, for the signature and (GET) the fields.

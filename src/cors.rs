@@ -22,11 +22,11 @@ use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 use warp::http::{header, HeaderName, HeaderValue, Method, Request, Response};
 
 /// How long browsers may cache a CORS preflight answer.
-pub const CORS_MAX_AGE: Duration = Duration::from_secs(600);
+pub(crate) const CORS_MAX_AGE: Duration = Duration::from_secs(600);
 
 /// The layer: CORS for the listed origins only.
 #[derive(Clone, Debug)]
-pub struct ListedOrigins {
+pub(crate) struct ListedOrigins {
     origins: Arc<[HeaderValue]>,
     cors: CorsLayer,
 }
@@ -34,7 +34,7 @@ pub struct ListedOrigins {
 impl ListedOrigins {
     /// The layer for these origins (`scheme://host[:port]`), or `None` when
     /// the list is empty: then nothing is cross-origin.
-    pub fn new(origins: &[String]) -> Option<ListedOrigins> {
+    pub(crate) fn new(origins: &[String]) -> Option<ListedOrigins> {
         let origins: Vec<HeaderValue> = origins
             .iter()
             .filter_map(|origin| HeaderValue::from_str(origin).ok())
@@ -76,7 +76,7 @@ impl<S: Clone> Layer<S> for ListedOrigins {
 
 /// The service of [`ListedOrigins`].
 #[derive(Clone, Debug)]
-pub struct ListedOriginsService<S> {
+pub(crate) struct ListedOriginsService<S> {
     inner: S,
     cors: Cors<S>,
     origins: Arc<[HeaderValue]>,

@@ -16,11 +16,11 @@ use crate::signature::SignatureError;
 
 /// Seconds a client is told to wait (`Retry-After`) when paypush is full or
 /// cannot record an outcome.
-pub const RETRY_AFTER_SECS: u32 = 5;
+pub(crate) const RETRY_AFTER_SECS: u32 = 5;
 
 /// Everything the API refuses, with its status and code.
 #[derive(Debug, Clone)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// `payRecordId` is missing, repeated or not `[1-9][0-9]*` within `i64`.
     InvalidPayRecordId,
     /// `status` is not SUCCESS, FAILED or CLOSED.
@@ -76,7 +76,7 @@ struct ErrorJson<'a> {
 
 impl ApiError {
     /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidPayRecordId
             | ApiError::InvalidStatus
@@ -98,7 +98,7 @@ impl ApiError {
     }
 
     /// The snake_case `error` code.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidPayRecordId => "invalid_pay_record_id",
             ApiError::InvalidStatus => "invalid_status",
@@ -123,7 +123,7 @@ impl ApiError {
     }
 
     /// One human sentence.
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         match self {
             ApiError::InvalidPayRecordId => {
                 "payRecordId must be given once, as a decimal integer from 1 to 9223372036854775807 without sign, spaces or leading zeros.".into()
@@ -213,7 +213,7 @@ impl Reply for ApiError {
 }
 
 /// Maps any rejection to the contract's JSON error; the only recover in the app.
-pub async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallible> {
+pub(crate) async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallible> {
     let error = if let Some(error) = rejection.find::<ApiError>() {
         error.clone()
     } else if rejection.is_not_found() {

@@ -21,7 +21,7 @@ use crate::error::ApiError;
 /// only (`'self'` covers its `EventSource`, `fetch` and same-origin
 /// WebSocket), no inline script or style, no plugins, no `<base>`, forms
 /// only to itself, and no framing (clickjacking).
-pub const DEMO_PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+pub(crate) const DEMO_PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
      img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
      form-action 'self'; frame-ancestors 'none'";
 
@@ -29,23 +29,23 @@ pub const DEMO_PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-sr
 static STATIC_FILES: include_dir::Dir<'_> = include_dir::include_dir!("$CARGO_MANIFEST_DIR/static");
 
 /// `GET /healthz`
-pub async fn healthz() -> Result<Response, Rejection> {
+pub(crate) async fn healthz() -> Result<Response, Rejection> {
     Ok(warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response())
 }
 
 /// `GET /readyz`: `200` only when a callback for a new payment would be
 /// answered `200` (see [`crate::backplane::Backplane::ready`]); else
 /// `503 not_ready` saying which condition fails.
-pub async fn readyz(app: App) -> Result<Response, Rejection> {
+pub(crate) async fn readyz(app: App) -> Result<Response, Rejection> {
     app.backplane.ready().await.map_err(ApiError::NotReady)?;
     Ok(warp::reply::json(&serde_json::json!({ "status": "ready" })).into_response())
 }
 
 /// The OpenAPI 3.1 document of the contract, built into the binary.
-pub const OPENAPI_YAML: &str = include_str!("../docs/openapi.yaml");
+pub(crate) const OPENAPI_YAML: &str = include_str!("../docs/openapi.yaml");
 
 /// `GET /openapi.yaml`
-pub async fn openapi() -> Result<Response, Rejection> {
+pub(crate) async fn openapi() -> Result<Response, Rejection> {
     let mut response = OPENAPI_YAML.into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
@@ -55,13 +55,13 @@ pub async fn openapi() -> Result<Response, Rejection> {
 
 /// The client library (`clients/js/paypush.js`), built into the binary:
 /// pages import it from here, so the page and the server always agree.
-pub const CLIENT_JS: &str = include_str!("../clients/js/paypush.js");
+pub(crate) const CLIENT_JS: &str = include_str!("../clients/js/paypush.js");
 
 /// How long a page (or a shared cache) may reuse `/paypush.js` before it
 /// asks again; asking again costs a `304` while the ETag still matches.
 /// Five minutes: a checkout page loads it once per visit, and a new release
 /// reaches every page within that time.
-pub const CLIENT_JS_CACHE_CONTROL: &str = "public, max-age=300";
+pub(crate) const CLIENT_JS_CACHE_CONTROL: &str = "public, max-age=300";
 
 /// The ETag of [`CLIENT_JS`]: a hash of its contents, computed once.
 static CLIENT_JS_ETAG: LazyLock<HeaderValue> = LazyLock::new(|| {
@@ -72,7 +72,7 @@ static CLIENT_JS_ETAG: LazyLock<HeaderValue> = LazyLock::new(|| {
 
 /// `GET /paypush.js`: the client library, or `304` when the request's
 /// `If-None-Match` names its ETag (or is `*`).
-pub async fn client_js(headers: HeaderMap) -> Result<Response, Rejection> {
+pub(crate) async fn client_js(headers: HeaderMap) -> Result<Response, Rejection> {
     let etag = CLIENT_JS_ETAG.clone();
     // Read as bytes: a tag list that is not text matches nothing.
     let fresh = headers
@@ -108,7 +108,7 @@ fn etag_matches(tags: &str, etag: &HeaderValue) -> bool {
 }
 
 /// `GET /metrics`
-pub async fn metrics(app: App) -> Result<Response, Rejection> {
+pub(crate) async fn metrics(app: App) -> Result<Response, Rejection> {
     let text = app.metrics.render(app.backplane.stats()).map_err(|e| {
         log::error!("cannot render metrics: {e}");
         ApiError::Internal
@@ -122,11 +122,11 @@ pub async fn metrics(app: App) -> Result<Response, Rejection> {
 }
 
 /// A static file found for a request path: its name and contents.
-pub type StaticFile = (String, Cow<'static, [u8]>);
+pub(crate) type StaticFile = (String, Cow<'static, [u8]>);
 
 /// Looks up `path` (empty: `index.html`) in `--static-dir`, or else in the
 /// files built into the binary; `404` when absent.
-pub async fn find_static_file(app: &App, path: &str) -> Result<StaticFile, Rejection> {
+pub(crate) async fn find_static_file(app: &App, path: &str) -> Result<StaticFile, Rejection> {
     let name = if path.is_empty() { "index.html" } else { path };
     let contents = match &app.config.static_dir {
         Some(dir) => read_from_dir(dir, name).await,
@@ -140,7 +140,7 @@ pub async fn find_static_file(app: &App, path: &str) -> Result<StaticFile, Rejec
 }
 
 /// Serves a file found by [`find_static_file`].
-pub fn static_file((name, contents): StaticFile) -> Response {
+pub(crate) fn static_file((name, contents): StaticFile) -> Response {
     let mime = mime_guess::from_path(&name).first_or_octet_stream();
     let mut response = match contents {
         Cow::Borrowed(bytes) => bytes.into_response(),

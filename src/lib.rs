@@ -4,49 +4,52 @@
 //! A page opens `GET /push?payRecordId=123`, a Server-Sent Events stream; the
 //! payment provider calls `/pay-callback?payRecordId=123`; paypush pushes the
 //! outcome to every stream of that payment and ends them. The HTTP contract is
-//! in `docs/api.md` (and, machine-readable, `docs/openapi.yaml`).
+//! `docs/api.md` (and `docs/openapi.yaml`); `ARCHITECTURE.md` is the map.
 //!
 //! # Layout
 //!
-//! - [`backplane`]: in-memory vs Redis: where outcomes are decided and how
-//!   they reach other instances; [`backplane::cluster`] on a Redis Cluster,
-//!   a sharded channel per waiting payment.
-//! - [`config`]: flags and environment variables (clap).
-//! - [`model`]: `PayRecordId`, `Status`, `Outcome`, `Callback`: parsed once at the edge.
-//! - [`hub`]: the registry of waiters of every transport (oneshot senders) and remembered
-//!   outcomes with their TTL; the only place that locks.
-//! - [`routes`]: warp filters, one per route; [`handlers`]: what they call.
-//! - [`sse`], [`poll`], [`ws`]: the transports, siblings: each turns the
-//!   hub's one waiter handle into its wire format (an event stream, one
-//!   long-poll JSON answer, WebSocket frames).
-//! - [`qr`]: the demo page's payment QR code (SVG).
-//! - [`error`]: the API's errors and the one rejection-to-JSON mapping.
-//! - [`refusals`]: refused requests logged at most once a second per kind.
-//! - [`metrics`]: Prometheus counters and the `/metrics` text.
-//! - [`app`]: the shared [`app::App`]: hub, backplane, metrics, configuration.
-//! - [`server`]: the HTTP loop with graceful shutdown and every
-//!   connection's deadlines; [`preface`]: HTTP/1.1 or h2c, from a
-//!   connection's first bytes.
-//! - [`cors`]: CORS headers for the `--allow-origin` list, none for anyone else.
-//! - [`shutdown`]: waits for SIGINT or SIGTERM.
-//! - [`signature`]: callback HMAC signatures, subscribe tokens, the redacting `Secret`.
+//! The HTTP side, which asks the backplane and nothing below it:
+//! - [`server`]: the accept loop, listeners and every connection's deadlines.
+//! - `routes`: warp filters, one per route; `handlers`: health, readiness,
+//!   metrics, the OpenAPI document, the demo page's files and `/paypush.js`.
+//! - `transport`: the three ways to wait, siblings, each with its handler
+//!   (`sse` for `/push`, `poll` for `/status`, `ws` for `/ws`).
+//! - `callback`: `/pay-callback`: signature, nonce, recording.
+//! - `error`: the API's errors and the one rejection-to-JSON mapping;
+//!   `refusals`: refused requests logged at most once a second per kind;
+//!   `cors`: CORS headers for the `--allow-origin` list only.
+//!
+//! The door and what is below it, which know no HTTP:
+//! - `backplane`: the one door for payments, in memory, over Redis or a
+//!   Redis Cluster; it owns the hub.
+//! - [`hub`]: each instance's registry of waiters and remembered outcomes.
+//! - `store`: the segment log that makes outcomes and nonces durable.
+//!
+//! Around them: [`app`] (puts the layers together), [`cli`] (the command
+//! line), [`config`] (flags and environment variables), [`model`] (ids,
+//! statuses, outcomes, parsed once at the edge), [`signature`] (callback
+//! HMAC, subscribe tokens, the redacting `Secret`), `metrics`, [`qr`] (the
+//! demo page's QR code), `shutdown` (SIGINT and SIGTERM). Only the modules
+//! the binary, the tests and the benchmarks use are public.
+
+#![deny(missing_docs, unreachable_pub)]
 
 pub mod app;
-pub mod backplane;
-pub mod callback;
+pub(crate) mod backplane;
+pub(crate) mod callback;
 pub mod cli;
 pub mod config;
-pub mod cors;
-pub mod error;
-pub mod handlers;
+pub(crate) mod cors;
+pub(crate) mod error;
+pub(crate) mod handlers;
 pub mod hub;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod model;
 pub mod qr;
-pub mod refusals;
-pub mod routes;
+pub(crate) mod refusals;
+pub(crate) mod routes;
 pub mod server;
-pub mod shutdown;
+pub(crate) mod shutdown;
 pub mod signature;
-pub mod store;
-pub mod transport;
+pub(crate) mod store;
+pub(crate) mod transport;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// At most one line per kind of refusal in this time.
-pub const LOG_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The refusals of one kind since its last line.
 #[derive(Debug)]
@@ -44,7 +44,7 @@ fn windows() -> MutexGuard<'static, BTreeMap<&'static str, Window>> {
 /// Logs the refusal `code` with `message`, or counts it when a line of that
 /// kind was written less than [`LOG_INTERVAL`] ago. The summary of counted
 /// refusals is written by a timer task on the current tokio runtime.
-pub fn refused(code: &'static str, message: String) {
+pub(crate) fn refused(code: &'static str, message: String) {
     let now = Instant::now();
     let mut windows = windows();
     match windows.get_mut(code) {

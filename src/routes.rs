@@ -26,9 +26,9 @@ use crate::qr;
 use crate::transport::{poll, sse, ws};
 
 /// The largest callback body accepted, declared or chunked.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Every route, with errors mapped to JSON.
-pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+pub(crate) fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     // Two boxed groups: one filter type nesting every route is deeper than
     // the compiler's default recursion limit.
     let checkout = push(app.clone())
@@ -61,7 +61,7 @@ pub fn routes(app: App) -> impl Filter<Extract = (Response,), Error = Infallible
 }
 
 /// GET /push?payRecordId=123
-pub fn push(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub(crate) fn push(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("push")
         .and(methods(&[Method::GET], "GET"))
         .and(query_pairs())
@@ -71,7 +71,7 @@ pub fn push(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> +
 }
 
 /// GET /status?payRecordId=123&wait=25
-pub fn status(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub(crate) fn status(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("status")
         .and(methods(&[Method::GET], "GET"))
         .and(query_pairs())
@@ -80,7 +80,7 @@ pub fn status(app: App) -> impl Filter<Extract = (Response,), Error = Rejection>
 }
 
 /// GET /ws?payRecordId=123 (WebSocket)
-pub fn websocket(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub(crate) fn websocket(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("ws")
         .and(methods(&[Method::GET], "GET"))
         .and(query_pairs())
@@ -94,7 +94,7 @@ pub fn websocket(app: App) -> impl Filter<Extract = (Response,), Error = Rejecti
 
 /// GET /pay-callback?payRecordId=123&status=SUCCESS
 /// POST /pay-callback (form-encoded or JSON body)
-pub fn callback(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub(crate) fn callback(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("pay-callback")
         .and(methods(&[Method::GET, Method::POST], "GET, POST"))
         .and(warp::method())
@@ -120,14 +120,14 @@ pub fn callback(app: App) -> impl Filter<Extract = (Response,), Error = Rejectio
 }
 
 /// GET /healthz
-pub fn healthz() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub(crate) fn healthz() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("healthz")
         .and(methods(&[Method::GET], "GET"))
         .and_then(handlers::healthz)
 }
 
 /// GET /readyz
-pub fn readyz(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub(crate) fn readyz(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("readyz")
         .and(methods(&[Method::GET], "GET"))
         .and(with_app(app))
@@ -135,7 +135,7 @@ pub fn readyz(app: App) -> impl Filter<Extract = (Response,), Error = Rejection>
 }
 
 /// GET /metrics (on the main address unless `--metrics-bind` moves it)
-pub fn metrics(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub(crate) fn metrics(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("metrics")
         .and(served_if(app.config.metrics_bind.is_none()))
         .and(metrics_here(app))
@@ -143,7 +143,9 @@ pub fn metrics(app: App) -> impl Filter<Extract = (Response,), Error = Rejection
 
 /// Every route of the `--metrics-bind` address: GET /metrics, with errors
 /// mapped to JSON.
-pub fn metrics_only(app: App) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+pub(crate) fn metrics_only(
+    app: App,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     warp::path!("metrics")
         .and(metrics_here(app))
         .recover(handle_rejection)
@@ -165,7 +167,7 @@ fn metrics_here(app: App) -> impl Filter<Extract = (Response,), Error = Rejectio
 }
 
 /// GET /qr.svg?payRecordId=123: the demo page's payment QR code
-pub fn qr_svg(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub(crate) fn qr_svg(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("qr.svg")
         .and(served_if(!app.config.no_demo_page))
         .and(methods(&[Method::GET], "GET"))
@@ -176,7 +178,7 @@ pub fn qr_svg(app: App) -> impl Filter<Extract = (Response,), Error = Rejection>
 }
 
 /// GET /openapi.yaml: this API in OpenAPI 3.1 (docs/openapi.yaml)
-pub fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub(crate) fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("openapi.yaml")
         .and(methods(&[Method::GET], "GET"))
         .and_then(handlers::openapi)
@@ -184,7 +186,7 @@ pub fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clon
 
 /// GET /paypush.js: the client library (clients/js/paypush.js). An API
 /// route, not part of the demo page: served with `--no-demo-page` too.
-pub fn client_js() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub(crate) fn client_js() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("paypush.js")
         .and(methods(&[Method::GET, Method::HEAD], "GET, HEAD"))
         .and(warp::header::headers_cloned())
@@ -192,7 +194,9 @@ pub fn client_js() -> impl Filter<Extract = (Response,), Error = Rejection> + Cl
 }
 
 /// GET /, GET /<file>: the demo page and its assets
-pub fn static_files(app: App) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub(crate) fn static_files(
+    app: App,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     served_if(!app.config.no_demo_page)
         .and(warp::path::tail())
         .and(with_app(app))

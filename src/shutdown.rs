@@ -11,7 +11,7 @@ use tokio::signal::unix::{signal as listen, SignalKind};
 
 /// Listens for SIGINT and SIGTERM from now on (call it before announcing
 /// that the server listens), and completes on the first of them.
-pub fn signal() -> impl Future<Output = ()> {
+pub(crate) fn signal() -> impl Future<Output = ()> {
     let interrupt = listen(SignalKind::interrupt());
     let terminate = listen(SignalKind::terminate());
     async move {

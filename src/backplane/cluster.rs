@@ -51,10 +51,10 @@ const SLOTS: usize = 16_384;
 /// How long `WAIT` waits for a replica to acknowledge a recorded outcome
 /// before the callback is answered `503`: under [`REDIS_TIMEOUT`], far over
 /// a healthy replica's acknowledgement (well under a millisecond on a LAN).
-pub const REPLICA_WAIT: Duration = Duration::from_millis(500);
+pub(super) const REPLICA_WAIT: Duration = Duration::from_millis(500);
 /// Command connections (each one per node) that callbacks take in turn: a
 /// `WAIT` holds its connection until a replica acknowledges.
-pub const COMMAND_CONNECTIONS: usize = 8;
+pub(super) const COMMAND_CONNECTIONS: usize = 8;
 /// How often the shards' replicas are re-read (`CLUSTER SHARDS`).
 const TOPOLOGY_INTERVAL: Duration = Duration::from_secs(1);
 /// Retries of a command by the cluster client (after a `MOVED`, a refresh
@@ -132,7 +132,7 @@ enum Channel {
 }
 
 /// The Redis Cluster side of the backplane.
-pub struct Cluster {
+pub(super) struct Cluster {
     nodes: usize,
     commands_client: ClusterClient,
     /// Created on first use, so paypush starts (not ready) while Redis is down.
@@ -181,7 +181,7 @@ impl fmt::Debug for Cluster {
 
 /// The pub/sub metrics the cluster keeps.
 #[derive(Debug, Clone)]
-pub struct PubSubMetrics {
+pub(crate) struct PubSubMetrics {
     /// Channels subscribed now.
     pub channels: IntGauge,
     /// Messages received.
@@ -190,7 +190,7 @@ pub struct PubSubMetrics {
 
 impl Cluster {
     /// A cluster backplane for `nodes`; connects on first use.
-    pub fn new(
+    pub(super) fn new(
         nodes: &RedisNodes,
         outcome_ttl: Duration,
         metrics: PubSubMetrics,
@@ -228,13 +228,13 @@ impl Cluster {
     }
 
     /// Says what it runs on, without credentials.
-    pub fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         format!("Redis Cluster mode ({} seed nodes)", self.nodes)
     }
 
     /// Starts the listener, the recovery and unsubscribe tasks, and the
     /// topology reader; they run until `hub` shuts down.
-    pub fn start(self: &Arc<Self>, hub: &Hub) {
+    pub(super) fn start(self: &Arc<Self>, hub: &Hub) {
         let (idle_sender, idle) = mpsc::unbounded_channel();
         hub.notify_idle(idle_sender.clone());
         let pushes = self.pushes.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -277,7 +277,7 @@ impl Cluster {
     /// replica, waits until one has it before the callback may be answered.
     /// Returns the outcome already recorded (`None`: this call recorded
     /// `outcome`) and how many local waiters it reached.
-    pub async fn record(
+    pub(super) async fn record(
         &self,
         hub: &Hub,
         outcome: &Outcome,
@@ -336,7 +336,7 @@ impl Cluster {
 
     /// Subscribes to `id`'s channel (confirmed) unless it is already, then
     /// reads its recorded outcome.
-    pub async fn recorded(
+    pub(super) async fn recorded(
         self: &Arc<Self>,
         id: PayRecordId,
     ) -> Result<Option<Outcome>, Unavailable> {
@@ -348,7 +348,7 @@ impl Cluster {
     }
 
     /// The outcome recorded for `id`, if any, without subscribing.
-    pub async fn lookup(&self, id: PayRecordId) -> Result<Option<Outcome>, Unavailable> {
+    pub(super) async fn lookup(&self, id: PayRecordId) -> Result<Option<Outcome>, Unavailable> {
         self.read(id).await
     }
 
@@ -359,7 +359,11 @@ impl Cluster {
     }
 
     /// `SET NX PX` of a signed callback's nonce: true when it is new.
-    pub async fn remember_nonce(&self, nonce: &str, memory: Duration) -> Result<bool, Unavailable> {
+    pub(super) async fn remember_nonce(
+        &self,
+        nonce: &str,
+        memory: Duration,
+    ) -> Result<bool, Unavailable> {
         let mut commands = self.nonce_commands(nonce).await?;
         let options = redis::SetOptions::default()
             .conditional_set(redis::ExistenceCheck::NX)
@@ -370,7 +374,7 @@ impl Cluster {
     }
 
     /// `DEL` of a nonce remembered for a callback that was not recorded.
-    pub async fn forget_nonce(&self, nonce: &str) -> Result<(), Unavailable> {
+    pub(super) async fn forget_nonce(&self, nonce: &str) -> Result<(), Unavailable> {
         let mut commands = self.nonce_commands(nonce).await?;
         with_timeout(commands.del::<_, ()>(format!("{NONCE_KEY}{nonce}"))).await
     }
@@ -394,7 +398,7 @@ impl Cluster {
     /// why not: subscribed and caught up, the shards known, and on each
     /// shard a probe write that its primary takes and, where the shard has
     /// a replica, one acknowledges (`WAIT`) as a callback's outcome must be.
-    pub async fn ready(&self) -> Result<(), &'static str> {
+    pub(super) async fn ready(&self) -> Result<(), &'static str> {
         if !self.healthy.load(Ordering::Relaxed) {
             return Err("the Redis Cluster subscriber is not subscribed and caught up");
         }

@@ -32,7 +32,7 @@ pub(crate) use errors::{RecordError, Unavailable};
 use redis::Redis;
 pub(crate) use redis::RedisUrl;
 
-pub use crate::hub::{
+pub(crate) use crate::hub::{
     Completion, Durable, Stats, SubscribeError, Subscription, Transport, Waiting, Wake,
 };
 
@@ -46,7 +46,7 @@ enum Mode {
 
 /// The one door for payments; cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Backplane {
+pub(crate) struct Backplane {
     /// This instance's waiters (and, in memory mode, its outcomes).
     hub: Hub,
     mode: Mode,

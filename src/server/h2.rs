@@ -20,23 +20,23 @@ use crate::refusals;
 
 /// An HTTP/2 connection with no open stream for this long is closed
 /// (`GOAWAY`), as an idle HTTP/1.1 keep-alive connection is.
-pub const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often an HTTP/2 connection that received nothing pings its peer...
-pub const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+pub(super) const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// ...and how long the peer has to answer before the connection is closed:
 /// a peer that died without a word is found.
-pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long an HTTP/2 stream may outlive the push timeout: the longest a
 /// stream lives on its own is the push timeout (a waiting stream) or a
 /// callback's head and body deadlines; one still there after this makes no
 /// progress (its client grants no flow-control window) and is reset.
-pub const H2_STREAM_GRACE: Duration = Duration::from_secs(30);
+pub(super) const H2_STREAM_GRACE: Duration = Duration::from_secs(30);
 /// HTTP/2 streams in flight on all connections at once, as a multiple of
 /// the waiter limit: each waiter is one, and the rest (callbacks, pages)
 /// end at once unless their client grants no window. Past it, a new
 /// stream is answered `503` at once, so streams that a client never reads
 /// cannot pile up across many connections until their deadline.
-pub const H2_STREAMS_PER_WAITER_SLOT: usize = 2;
+pub(super) const H2_STREAMS_PER_WAITER_SLOT: usize = 2;
 
 /// The open streams of one HTTP/2 connection, for its idle deadline.
 #[derive(Debug, Default)]

@@ -18,11 +18,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 /// What an HTTP/2 client sends first (RFC 9113, 3.4).
-pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The protocol a connection showed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     /// Anything that is not the HTTP/2 preface: hyper's HTTP/1.1 parser
     /// answers it (or closes it, when it is not HTTP either).
     Http1,
@@ -32,7 +32,7 @@ pub enum Protocol {
 
 /// Why a connection showed no protocol.
 #[derive(Debug)]
-pub enum NoProtocol {
+pub(crate) enum NoProtocol {
     /// It closed (or failed) first.
     Closed(io::Error),
     /// It sent too little within the deadline.
@@ -42,7 +42,7 @@ pub enum NoProtocol {
 /// Reads a connection's first bytes, at most the preface's length, until
 /// they differ from the HTTP/2 preface or are all of it, within `deadline`.
 /// Returns the protocol and the connection with those bytes put back.
-pub async fn read_protocol<S>(
+pub(crate) async fn read_protocol<S>(
     mut stream: S,
     deadline: Duration,
 ) -> Result<(Protocol, Prefixed<S>), NoProtocol>
@@ -85,7 +85,7 @@ where
 /// They live inline (24 bytes), so a waiting connection carries no extra
 /// allocation for them.
 #[derive(Debug)]
-pub struct Prefixed<S> {
+pub(crate) struct Prefixed<S> {
     start: [u8; H2_PREFACE.len()],
     filled: u8,
     /// How many of `start[..filled]` reads have given back already.

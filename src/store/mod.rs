@@ -85,7 +85,7 @@
 mod errors;
 mod folder;
 mod options;
-pub mod record;
+pub(crate) mod record;
 mod segments;
 mod writer;
 
@@ -95,12 +95,10 @@ use std::sync::{mpsc, Arc};
 
 use prometheus::Histogram;
 
-pub use errors::{OpenError, StoreError};
-pub use folder::Replay;
-pub use options::{Durability, StoreConfig};
-pub use record::Record;
-pub use segments::segment_span;
-pub use writer::RETRY_PAUSE;
+pub(crate) use errors::{OpenError, StoreError};
+pub(crate) use folder::Replay;
+pub(crate) use options::{Durability, StoreConfig};
+pub(crate) use record::Record;
 use writer::{Job, Shared};
 
 /// A handle to the store; the writer thread runs while one exists.

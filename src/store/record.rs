@@ -30,7 +30,7 @@ use crate::model::{Outcome, PayRecordId, Status};
 use crate::signature::NONCE_LENGTH;
 
 /// The first bytes of every segment file: the format and its version.
-pub const MAGIC: &[u8; 8] = b"PAYPUSH1";
+pub(crate) const MAGIC: &[u8; 8] = b"PAYPUSH1";
 /// Bytes before a record's payload: its length and its checksum.
 const HEADER: usize = 8;
 /// The largest payload a valid record has (a nonce record of 64 bytes).
@@ -125,7 +125,7 @@ impl Record {
 /// The first offset at or after `from` where a whole, valid record starts:
 /// where reading resumes after a damaged record. `None` when no valid record
 /// follows (a torn tail).
-pub fn next_record(bytes: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn next_record(bytes: &[u8], from: usize) -> Option<usize> {
     (from..bytes.len()).find(|&offset| matches!(Record::decode(&bytes[offset..]), Read::Record(..)))
 }
 
@@ -167,7 +167,7 @@ fn status_byte(status: Status) -> u8 {
 }
 
 /// Milliseconds since the Unix epoch (0 before it).
-pub fn unix_millis(time: SystemTime) -> u64 {
+pub(crate) fn unix_millis(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -37,7 +37,7 @@ pub(super) const FILE_MODE: u32 = 0o600;
 /// How long one segment takes new records: an eighth of the outcome TTL,
 /// from one second to one minute (a segment of nonces simply waits for
 /// its own last expiry).
-pub fn segment_span(config: &StoreConfig) -> Duration {
+pub(crate) fn segment_span(config: &StoreConfig) -> Duration {
     (config.outcome_ttl / SEGMENT_SPANS_PER_RETENTION)
         .clamp(SEGMENT_SPAN_RANGE.0, SEGMENT_SPAN_RANGE.1)
 }

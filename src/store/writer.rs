@@ -26,7 +26,7 @@ use super::segments::{Closed, Segments};
 
 /// How long after a failed write the store refuses batches before it tries
 /// a fresh segment: a full disk is not hammered by every callback.
-pub const RETRY_PAUSE: Duration = Duration::from_secs(1);
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// The most records one write takes.
 const MAX_BATCH: usize = 4096;
 /// A batch this big says the callbacks outpace the syncs: gather the next.

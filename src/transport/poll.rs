@@ -30,14 +30,14 @@ use crate::metrics::Metrics;
 use crate::model::{single, Outcome, PayRecordId, PendingJson};
 
 /// `wait` when the query has none: answer at once.
-pub const DEFAULT_WAIT_SECS: u64 = 0;
+pub(crate) const DEFAULT_WAIT_SECS: u64 = 0;
 /// The longest wait: larger values are treated as this, under the 30-60 s
 /// idle limits of proxies and mini-program requests.
-pub const MAX_WAIT_SECS: u64 = 25;
+pub(crate) const MAX_WAIT_SECS: u64 = 25;
 
 /// `GET /status?payRecordId=123[&wait=25][&token=...]`: the outcome, or
 /// `PENDING` once `wait` has passed.
-pub async fn status(query: Vec<(String, String)>, app: App) -> Result<Response, Rejection> {
+pub(crate) async fn status(query: Vec<(String, String)>, app: App) -> Result<Response, Rejection> {
     let id = authorize(&app, &query)?;
     // Never longer than a stream would wait.
     let wait = parse_wait(&query)?.min(app.config.push_timeout);
@@ -89,7 +89,7 @@ fn json_bytes(id: PayRecordId, outcome: Option<&Outcome>) -> Vec<u8> {
 /// it registered); `None` at the deadline or on shutdown. The waiter leaves
 /// the hub when this returns, when the client goes away and the answer is
 /// dropped, or at its deadline whatever the client does.
-pub async fn long_poll(mut waiting: Waiting, metrics: &Metrics) -> Option<Arc<Outcome>> {
+pub(crate) async fn long_poll(mut waiting: Waiting, metrics: &Metrics) -> Option<Arc<Outcome>> {
     match waiting.outcome().await {
         Wake::Outcome(outcome) => {
             metrics.delivered(&outcome, Transport::Poll);
@@ -104,7 +104,7 @@ pub async fn long_poll(mut waiting: Waiting, metrics: &Metrics) -> Option<Arc<Ou
 }
 
 /// The answer: the outcome object or the `PENDING` one, never cached.
-pub fn reply(id: PayRecordId, outcome: Option<&Outcome>) -> Response {
+pub(crate) fn reply(id: PayRecordId, outcome: Option<&Outcome>) -> Response {
     let mut response = match outcome {
         Some(outcome) => warp::reply::json(&outcome.event_json()).into_response(),
         None => warp::reply::json(&PendingJson::new(id)).into_response(),

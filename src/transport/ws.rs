@@ -47,7 +47,7 @@ use crate::metrics::Metrics;
 use crate::model::{Outcome, PendingJson};
 
 /// The largest client message ignored; a larger one closes with `1009`.
-pub const MAX_CLIENT_MESSAGE_BYTES: usize = 1024;
+pub(crate) const MAX_CLIENT_MESSAGE_BYTES: usize = 1024;
 /// What the WebSocket library buffers of one client message at most: a
 /// bound on memory, above which the socket also closes with `1009`.
 const MAX_READ_BYTES: usize = 64 * 1024;
@@ -59,16 +59,16 @@ const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one frame may take to write: a client that reads nothing (and
 /// floods pings, whose pongs then queue) is dropped after it, instead of
 /// holding the socket's task for ever.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The only WebSocket version there is (RFC 6455).
 const WEBSOCKET_VERSION: &[u8] = b"13";
 
 /// Close code: the socket did its job (outcome or timeout).
-pub const CLOSE_NORMAL: u16 = 1000;
+pub(crate) const CLOSE_NORMAL: u16 = 1000;
 /// Close code: the server is going away (shutdown).
-pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code: a client message over [`MAX_CLIENT_MESSAGE_BYTES`].
-pub const CLOSE_TOO_BIG: u16 = 1009;
+pub(crate) const CLOSE_TOO_BIG: u16 = 1009;
 
 /// How the server closes a socket: code and reason.
 type Close = (u16, &'static str);
@@ -80,7 +80,7 @@ type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 /// extensions by [`take_upgrade`] (hyper's `OnUpgrade` is not `Clone`, which
 /// warp's extension filter needs); the `/ws` handler takes it once.
 #[derive(Clone, Debug, Default)]
-pub struct Upgrade(Arc<Mutex<Option<OnUpgrade>>>);
+pub(crate) struct Upgrade(Arc<Mutex<Option<OnUpgrade>>>);
 
 impl Upgrade {
     fn take(&self) -> Option<OnUpgrade> {
@@ -95,7 +95,7 @@ impl Upgrade {
 /// For the server's service stack: moves the `OnUpgrade` of a request with
 /// an `Upgrade` header into an [`Upgrade`] extension; other requests pass
 /// untouched.
-pub fn take_upgrade<B>(mut request: Request<B>) -> Request<B> {
+pub(crate) fn take_upgrade<B>(mut request: Request<B>) -> Request<B> {
     if request.headers().contains_key(UPGRADE) {
         if let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() {
             let slot = Upgrade(Arc::new(Mutex::new(Some(on_upgrade))));
@@ -107,7 +107,7 @@ pub fn take_upgrade<B>(mut request: Request<B>) -> Request<B> {
 
 /// `GET /ws?payRecordId=123[&token=...]`: refuses before the upgrade, then
 /// hands the registered waiter (or the recorded outcome) to the socket.
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     query: Vec<(String, String)>,
     headers: HeaderMap,
     upgrade: Option<Upgrade>,
