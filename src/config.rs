@@ -218,7 +218,7 @@ pub enum Command {
     },
 }
 
-/// `--durability`'s words; the store's [`Durability`] knows no CLI.
+/// `--durability`'s words; the store's `Durability` knows no CLI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DurabilityArg {
     /// After `fdatasync`: survives a power cut.

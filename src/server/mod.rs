@@ -4,14 +4,14 @@
 //! `warp::service(routes)` with hyper's connection builders: one listener
 //! speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c, what a proxy such
 //! as HAProxy or Envoy sends upstream), told apart by their first bytes
-//! ([`preface`]). Each protocol's settings (head size limits,
+//! (`preface`). Each protocol's settings (head size limits,
 //! timeouts, buffers, stream counts, flow-control windows) live here.
 //!
 //! Every connection has deadlines whatever its client does: it must show
 //! its protocol within [`HEADER_READ_TIMEOUT`]; an HTTP/1.1 one then obeys
 //! hyper's head timeout and keep-alive; an HTTP/2 one is closed after
-//! [`H2_IDLE_TIMEOUT`] without an open stream, pings a silent peer, and
-//! resets a stream that outlives the push timeout by [`H2_STREAM_GRACE`]
+//! `H2_IDLE_TIMEOUT` without an open stream, pings a silent peer, and
+//! resets a stream that outlives the push timeout by `H2_STREAM_GRACE`
 //! (its client grants no window, so hyper never polls its body); a
 //! connection asked to finish is dropped if it has not within
 //! [`SHUTDOWN_GRACE`]. [`run`] takes an
@@ -194,7 +194,7 @@ async fn drive<C>(
 /// SYNs and costs each dropped client a 1 s retransmit).
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// Binds the listening socket with [`LISTEN_BACKLOG`].
+/// Binds the listening socket with `LISTEN_BACKLOG`.
 pub fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if address.is_ipv4() {
         TcpSocket::new_v4()?
