@@ -1,0 +1,128 @@
+"""The report rendered from a small fixture of results (testdata/results.json:
+three repetitions of a few scenarios, the store, the hub and the scale-out
+runs), and the parsers that build its inputs.
+
+Run: PYTHONPATH=scripts python3 -m unittest bench_compare.test_report
+"""
+
+import copy
+import json
+import os
+import unittest
+
+from . import metrics
+from .report import render
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "testdata", "results.json")
+
+
+def load():
+    with open(FIXTURE) as f:
+        return json.load(f)
+
+
+def row(markdown, start):
+    """The table row that starts with `| START`, as its cells."""
+    for line in markdown.splitlines():
+        if line.startswith("| " + start):
+            return [cell.strip() for cell in line.strip("|").split("|")]
+    raise AssertionError(f"no row starting with {start!r}")
+
+
+class RenderTest(unittest.TestCase):
+    def setUp(self):
+        self.results = load()
+        self.md = render(self.results)
+
+    def test_the_header_names_the_command_and_the_machine(self):
+        self.assertTrue(self.md.startswith("# Performance: paypush and nginx + nchan, side by side\n"))
+        self.assertIn("\n    scripts/bench-compare --reps 3\n", self.md)
+        self.assertIn("Machine: 2 cores, Test CPU @ 1.00GHz, 8 GiB; the load generator "
+                      "(`tools/loadgen/`) runs on the same machine. paypush abc1234 ", self.md)
+        self.assertIn("nginx 1.22.1 with nchan 1.3.6, 1 worker", self.md)
+        self.assertIn("Medians of 3 repetition(s)", self.md)
+
+    def test_the_main_table_has_a_column_per_server_and_medians_per_row(self):
+        self.assertIn("| figure | paypush | nchan | paypush-redis | paypush-process | paypush-memory |\n"
+                      "|---|---:|---:|---:|---:|---:|\n", self.md)
+        self.assertEqual(row(self.md, "memory per waiting stream, server Pss (2,000 streams)"),
+                         ["memory per waiting stream, server Pss (2,000 streams)",
+                          "2.50 KiB", "5.00 KiB", "n/a KiB", "n/a KiB", "n/a KiB"])
+        self.assertEqual(row(self.md, "streams held by one process")[1:3], ["3,000", "2,990"])
+        self.assertEqual(row(self.md, "callback -> event p50 / p99 at 2,000/s")[1:3],
+                         ["0.50 / 1.50", "0.70 / 2.00"])
+        self.assertEqual(row(self.md, "outcomes lost / duplicated")[1:3], ["1 / 0", "0 / 3"])
+        self.assertEqual(row(self.md, "callbacks answered non-2xx or failed")[1], "2")
+
+    def test_differences_and_ratios_pair_the_right_figures(self):
+        # WebSocket against SSE: medians 1.50 - 2.00 KiB, 1.70 - 1.50 ms.
+        ws = self.md.split("| WebSocket: memory", 1)[1]
+        self.assertEqual(row(ws, "... Pss against a waiting SSE stream")[1], "-0.50 KiB")
+        self.assertEqual(row(ws, "... p99 against SSE's at 2,000/s")[1], "+0.20 ms")
+        # Flat cost: median over repetitions of the per-repetition ratio.
+        self.assertEqual(row(self.md, "flat cost: 3,000 against 500")[1], "1.10 / 1.05")
+        self.assertEqual(row(self.md, "memory per waiting stream over h2c")[1:],
+                         ["1.25 KiB", "2.50 KiB", "0.50"])
+
+    def test_each_repetition_shows_its_p99_with_its_syncs(self):
+        self.assertIn("paypush's p99 at 2,000/s in each repetition, in ms, with that run's "
+                      "fdatasync calls (mean time, and how many of them took over 1 ms): "
+                      "1.50 (0.250 ms, 0 of 901); 1.80 (n/a ms, 1 of 902); "
+                      "1.35 (0.750 ms, 2 of 903).", self.md)
+        self.assertNotIn("at 1,000/s in each repetition", self.md)
+
+    def test_the_store_hub_and_scale_out_sections(self):
+        self.assertEqual(row(self.md, "data folder size after them")[1],
+                         "7.0 MiB (73.4 bytes per outcome)")
+        self.assertEqual(row(self.md, "fdatasync calls, mean time")[1],
+                         "2,500, 0.812 ms (40.0 callbacks per sync)")
+        self.assertEqual(row(self.md, "the store thread's CPU per sync")[1], "55 µs; n/a")
+        self.assertEqual(row(self.md, "register_complete")[1:], ["310.2 ns", "315.9 ns", "n/a"])
+        scale = self.md.split("## Scale-out", 1)[1]
+        self.assertEqual(row(scale, "Redis commands sent per checkout")[1:], ["4.00", "9.00"])
+        self.assertEqual(row(scale, "pub/sub messages received per callback")[1:],
+                         ["3.00", "1.00"])
+        self.assertEqual(row(scale, "outcomes lost / duplicated")[1:], ["1 / 0", "1 / 0"])
+
+    def test_render_is_pure(self):
+        before = copy.deepcopy(self.results)
+        self.assertEqual(render(self.results), self.md)
+        self.assertEqual(self.results, before)
+
+    def test_no_scale_out_runs_no_section_and_no_hub_times_no_hub_section(self):
+        self.results["scaleout"] = []
+        self.results["hub"] = {}
+        md = render(self.results)
+        self.assertNotIn("## Scale-out", md)
+        self.assertNotIn("## The hub", md)
+        self.assertTrue(md.endswith("restored) |\n"))
+
+
+class MetricsTest(unittest.TestCase):
+    def test_criterion_estimates_on_one_line_or_the_next(self):
+        text = ("Benchmarking duplicate/1\nduplicate/1   time:   [1.0 ns 2.5 ns 3.0 ns]\n"
+                "expire/100000\n              time:   [4.0 µs 4.2 µs 4.4 µs]\n")
+        self.assertEqual(metrics.criterion_times(text),
+                         {"duplicate/1": "2.5 ns", "expire/100000": "4.2 µs"})
+
+    def test_sync_figures_from_paypush_metrics(self):
+        text = ('paypush_store_sync_seconds_bucket{le="0.001"} 8\n'
+                "paypush_store_sync_seconds_sum 0.02\npaypush_store_sync_seconds_count 10\n")
+        self.assertEqual(metrics.sync_figures(text, "paypush/latency-1000/1"),
+                         {"label": "paypush/latency-1000/1", "syncs": 10, "sync_ms": 2.0,
+                          "over_1ms": 2})
+        self.assertIsNone(metrics.sync_figures("", "x")["sync_ms"])
+
+    def test_commands_sent_leave_out_what_the_record_script_runs(self):
+        text = ("# Commandstats\r\ncmdstat_evalsha:calls=7,usec=1\r\ncmdstat_set:calls=5,usec=1\r\n"
+                "cmdstat_publish:calls=5,usec=1\r\ncmdstat_subscribe:calls=3,usec=2\r\n"
+                "cmdstat_replconf:calls=50,usec=2\r\n")
+        self.assertEqual(metrics.commands_sent(text), 10)
+
+    def test_the_last_json_line_of_loadgen(self):
+        self.assertEqual(metrics.last_json_line('run  x\n{"a": 1}\n{"a": 2}\ntail\n'), {"a": 2})
+        self.assertIsNone(metrics.last_json_line("loadgen: refused\n"))
+
+
+if __name__ == "__main__":
+    unittest.main()
