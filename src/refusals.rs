@@ -92,7 +92,10 @@ async fn write_summary(code: &'static str, at: Instant) {
     let summary = {
         let mut windows = windows();
         windows.get_mut(code).and_then(|window| {
-            if window.unlogged == 0 {
+            // A timer that ran late, after a refusal past its window logged
+            // a line itself and started the next window, is stale: that
+            // window has its own timer.
+            if window.unlogged == 0 || window.logged_at + LOG_INTERVAL != at {
                 return None;
             }
             window.logged_at = Instant::now();
