@@ -15,13 +15,11 @@
 //! The tests wait for what the page shows (polling up to [`DEADLINE`]) and
 //! never for a fixed time, so a loaded machine makes them slower, not flaky.
 
-#[path = "api/helpers.rs"]
+#[path = "support/mod.rs"]
 #[allow(dead_code)]
-mod helpers;
+mod support;
 
 use std::future::Future;
-use std::io::Write;
-use std::net::TcpListener;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,7 +31,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use helpers::{spawn_app, spawn_app_on, TestApp};
+use support::{free_port, on_path, spawn_app, spawn_app_on, Suite, TestApp};
 
 /// How long a test waits for the page (or chromedriver) to get somewhere.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -45,8 +43,12 @@ const POLL: Duration = Duration::from_millis(100);
 const WINDOW_SIZE: &str = "1280,1000";
 /// A common phone's screen width, in CSS pixels.
 const PHONE_WIDTH: u32 = 390;
-/// Set to `1` to fail, instead of skip, when no browser is installed.
-const REQUIRE_BROWSER: &str = "PAYPUSH_REQUIRE_BROWSER";
+/// Without `chromium` and `chromedriver` these tests skip, or fail with
+/// `PAYPUSH_REQUIRE_BROWSER=1`.
+const BROWSER: Suite = Suite {
+    tests: "the browser tests",
+    required_by: Some("PAYPUSH_REQUIRE_BROWSER"),
+};
 
 /// One browser at a time: chromium is heavy for a 2-core machine.
 static ONE_BROWSER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -940,50 +942,45 @@ struct Tools {
 impl Tools {
     /// Both programs, or `None` (after saying why) when a test should skip.
     fn find(test: &str) -> Option<Tools> {
-        let chromium = program("PAYPUSH_CHROMIUM", &["chromium", "chromium-browser"]);
-        let chromedriver = program("PAYPUSH_CHROMEDRIVER", &["chromedriver"]);
-        match (chromium, chromedriver) {
-            (Some(chromium), Some(chromedriver)) => Some(Tools {
-                chromium,
-                chromedriver,
-            }),
-            (chromium, chromedriver) => {
-                let missing: Vec<&str> = [
-                    chromium.is_none().then_some("chromium"),
-                    chromedriver
-                        .is_none()
-                        .then_some("chromedriver (Debian: chromium-driver)"),
-                ]
-                .into_iter()
-                .flatten()
-                .collect();
-                let why = format!(
-                    "{test}: no {} on PATH; install with `apt-get install chromium chromium-driver`",
-                    missing.join(" and ")
-                );
-                if std::env::var(REQUIRE_BROWSER).is_ok_and(|v| v == "1") {
-                    panic!("{why} ({REQUIRE_BROWSER}=1 requires the browser tests)");
-                }
-                // Straight to stderr, past the test harness's capture, so the
-                // skip shows in a normal `cargo test` run.
-                let _ = writeln!(std::io::stderr(), "SKIPPED browser test {why}");
-                None
-            }
-        }
+        let chromium = program(
+            "PAYPUSH_CHROMIUM",
+            &["chromium", "chromium-browser"],
+            "chromium",
+            test,
+        );
+        let chromedriver = program(
+            "PAYPUSH_CHROMEDRIVER",
+            &["chromedriver"],
+            "chromium-driver",
+            test,
+        );
+        Some(Tools {
+            chromium: chromium?,
+            chromedriver: chromedriver?,
+        })
     }
 }
 
-/// The program named by `env`, or the first of `names` found on `PATH`.
-fn program(env: &str, names: &[&str]) -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os(env) {
-        return Some(PathBuf::from(path)).filter(|p| p.is_file());
+/// The file `env` names, when it is set; otherwise the first of `names` on
+/// `PATH`. `None` (after [`BROWSER`] said why, or failed the test) when
+/// there is none: Debian's `package` has it.
+fn program(env: &str, names: &[&str], package: &str, test: &str) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(env).map(PathBuf::from) {
+        if path.is_file() {
+            return Some(path);
+        }
+        BROWSER.skip(&format!("{test}: {env}={} is no file", path.display()));
+        return None;
     }
-    let path = std::env::var_os("PATH")?;
-    names.iter().find_map(|name| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .find(|candidate| candidate.is_file())
-    })
+    let name = names
+        .iter()
+        .copied()
+        .find(|name| on_path(name).is_some())
+        .unwrap_or(names[0]);
+    if !BROWSER.require(name, package, test) {
+        return None;
+    }
+    on_path(name)
 }
 
 /// A chromedriver child process, killed when dropped, and the browser
@@ -1098,14 +1095,6 @@ impl Drop for Driver {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// Where cargo builds: screenshots and logs go there.
