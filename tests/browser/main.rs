@@ -15,7 +15,7 @@
 //! The tests wait for what the page shows (polling up to [`DEADLINE`]) and
 //! never for a fixed time, so a loaded machine makes them slower, not flaky.
 
-#[path = "support/mod.rs"]
+#[path = "../support/mod.rs"]
 #[allow(dead_code)]
 mod support;
 
