@@ -529,28 +529,8 @@ struct LogLine {
     text: String,
 }
 
-const READ_STATE: &str = r#"
-const q = (s) => document.querySelector(s);
-const answer = q('#callback-answer');
-return {
-  state: q('#status').dataset.state,
-  title: q('#status-title').textContent,
-  detail: q('#status-detail').textContent,
-  stream: q('#stream-state').dataset.stream,
-  streamText: q('#stream-state').textContent,
-  live: q('#status').getAttribute('aria-live'),
-  payRecordId: q('#pay-record-id').textContent,
-  answerSeq: Number(answer.dataset.seq || 0),
-  answerStatus: Number(answer.dataset.httpStatus || 0),
-  answerText: q('#callback-json').textContent,
-  log: Array.from(document.querySelectorAll('#event-log li'),
-    (li) => ({ kind: li.dataset.kind, text: li.textContent })),
-  transport: q('#status').dataset.transport || '',
-  checkedTransport: (q('input[name="transport"]:checked') || {}).value || '',
-  sseDisabled: q('input[name="transport"][value="sse"]').disabled,
-  fallbackNoteShown: !q('#transport-note').hidden,
-};
-"#;
+/// The script that reads a [`PageState`] off the page, in one call.
+const READ_STATE: &str = include_str!("fixtures/read_state.js");
 
 impl PageState {
     fn answer_json(&self) -> Value {
@@ -747,44 +727,12 @@ impl fantoccini::wd::WebDriverCompatibleCommand for DevTools {
 
 /// A shop page on another origin that subscribes to paypush and posts a
 /// callback to it, as a merchant's own checkout page would.
-const SHOP_PAGE: &str = r#"<!doctype html>
-<meta charset="utf-8"><title>shop</title>
-<body data-state="connecting">
-<script>
-  const paypush = new URLSearchParams(location.search).get("paypush");
-  const id = new URLSearchParams(location.search).get("id");
-  const events = new EventSource(paypush + "/push?payRecordId=" + id, { withCredentials: true });
-  events.addEventListener("pending", () => { document.body.dataset.state = "waiting"; });
-  events.onmessage = (e) => {
-    document.body.dataset.state = "done";
-    document.body.dataset.message = JSON.parse(e.data).message;
-    events.close();
-  };
-  events.onerror = () => {
-    if (document.body.dataset.state !== "done") document.body.dataset.state = "error";
-  };
-  window.pay = (status) => fetch(paypush + "/pay-callback", {
-    method: "POST", credentials: "include",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ payRecordId: id, status }),
-  }).then((r) => r.json()).then((j) => { document.body.dataset.answer = j.status; },
-                                (e) => { document.body.dataset.answer = "blocked"; });
-</script>"#;
+const SHOP_PAGE: &str = include_str!("fixtures/shop.html");
 
 /// Records every Content-Security-Policy violation of the page in
 /// `document.body.dataset.blocked`, then opens a WebSocket to the page's own
 /// origin and, half a second later, one to another origin (the control).
-const OPEN_WEBSOCKETS: &str = r#"
-  document.body.dataset.blocked = '';
-  document.addEventListener('securitypolicyviolation', (e) => {
-    document.body.dataset.blocked += e.violatedDirective + ' ' + e.blockedURI + ';';
-  });
-  const open = (url) => {
-    try { new WebSocket(url); } catch (e) { document.body.dataset.blocked += 'threw ' + url + ';'; }
-  };
-  open('ws://' + location.host + '/ws?payRecordId=1');
-  setTimeout(() => open('ws://127.0.0.2:9/elsewhere'), 500);
-"#;
+const OPEN_WEBSOCKETS: &str = include_str!("fixtures/open_websockets.js");
 
 #[tokio::test]
 async fn the_demo_pages_csp_lets_it_open_its_own_websocket_and_nothing_elsewhere() {
