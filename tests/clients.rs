@@ -12,21 +12,26 @@
 //! `PAYPUSH_REQUIRE_NODE=1`, when it fails instead. Node 20 has `WebSocket`
 //! behind `--experimental-websocket`, which is passed when needed.
 
-#[path = "api/helpers.rs"]
+#[path = "support/mod.rs"]
 #[allow(dead_code)]
-mod helpers;
+mod support;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::Stdio;
 
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
-use helpers::{spawn_app, TestApp, PATIENCE};
+use support::{on_path, spawn_app, Suite, TestApp, PATIENCE};
 
-/// Set to `1` to fail, instead of skip, when `node` is missing.
-const REQUIRE_NODE: &str = "PAYPUSH_REQUIRE_NODE";
+/// Without `node` (20 or later) these tests skip, or fail with
+/// `PAYPUSH_REQUIRE_NODE=1`.
+const NODE: Suite = Suite {
+    tests: "the client tests",
+    required_by: Some("PAYPUSH_REQUIRE_NODE"),
+};
 /// The push timeout of the test servers: short, so clients re-ask.
 const PUSH_TIMEOUT: &str = "1s";
 
@@ -178,14 +183,18 @@ fn snippet(name: &str) -> String {
 
 /// How to run node with `WebSocket` available.
 struct Node {
-    program: String,
+    program: PathBuf,
     flags: Vec<&'static str>,
 }
 
 /// `node`, or `None` (after saying why) when the test should skip.
 fn node(test: &str) -> Option<Node> {
+    if !NODE.require("node", "nodejs", test) {
+        return None;
+    }
+    let program = on_path("node")?;
     let has = |flags: &[&str]| {
-        std::process::Command::new("node")
+        std::process::Command::new(&program)
             .args(flags)
             .args([
                 "-e",
@@ -202,16 +211,15 @@ fn node(test: &str) -> Option<Node> {
     } else {
         None
     };
-    if let Some(flags) = flags {
-        return Some(Node {
-            program: "node".into(),
-            flags,
-        });
+    match flags {
+        Some(flags) => Some(Node { program, flags }),
+        None => {
+            NODE.skip(&format!(
+                "{test}: {} has no WebSocket, even with --experimental-websocket; \
+                 install Node 20 or later",
+                program.display()
+            ));
+            None
+        }
     }
-    let why = format!("{test}: no node (20 or later) on PATH; install Debian's nodejs");
-    if std::env::var(REQUIRE_NODE).is_ok_and(|v| v == "1") {
-        panic!("{why} ({REQUIRE_NODE}=1 requires the client tests)");
-    }
-    let _ = writeln!(std::io::stderr(), "SKIPPED client test {why}");
-    None
 }

@@ -69,8 +69,19 @@ impl Suite {
             return true;
         }
         let mut why = format!("{test}: no {program} on PATH; install Debian's {package}");
-        if let Some(variable) = self.required_by {
+        if self.required_by.is_some() {
             why.push_str(" (scripts/test-deps does)");
+        }
+        self.skip(&why)
+    }
+
+    /// Says on stderr that a test is skipped and `why` (which names the
+    /// test), and returns false; or fails it when the suite is required.
+    /// [`Suite::require`] is this for a program missing from `PATH`; call it
+    /// directly for what `require` cannot see (a program too old, a path
+    /// given in a variable that is no file).
+    pub fn skip(&self, why: &str) -> bool {
+        if let Some(variable) = self.required_by {
             if std::env::var(variable).is_ok_and(|v| v == "1") {
                 panic!("{why} ({variable}=1 requires {})", self.tests);
             }
