@@ -2,7 +2,8 @@
 //! channel (which share a hash tag, hence a slot), the readiness probes'
 //! keys (one per slot), and the slot computation itself.
 //!
-//! A leaf: imports nothing from the rest of `cluster/`.
+//! A leaf: imports nothing from the rest of `cluster/`, nor from
+//! `cluster/mod.rs` or the backplane's door.
 
 use crate::model::PayRecordId;
 

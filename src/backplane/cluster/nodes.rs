@@ -1,7 +1,8 @@
 //! The Redis Cluster's seed nodes as given on the command line
 //! (`--redis-cluster`), checked at start-up and never printed whole.
 //!
-//! A leaf: imports nothing from the rest of `cluster/`.
+//! A leaf: imports nothing from the rest of `cluster/`, nor from
+//! `cluster/mod.rs` or the backplane's door.
 
 use std::fmt;
 use std::str::FromStr;
