@@ -36,6 +36,26 @@ pub(super) fn deliver(hub: &Hub, payload: &str) {
     }
 }
 
+/// `SET NX PX` of a signed callback's nonce on `commands`: true when it
+/// is new. Both Redis modes remember nonces this way.
+pub(super) async fn remember_nonce_in(
+    commands: &mut (impl redis::aio::ConnectionLike + Send + Sync),
+    nonce: &str,
+    memory: Duration,
+) -> Result<bool, Unavailable> {
+    let options = redis::SetOptions::default()
+        .conditional_set(redis::ExistenceCheck::NX)
+        .with_expiration(redis::SetExpiry::PX(millis(memory)));
+    let set: Option<String> = with_timeout(redis::AsyncCommands::set_options(
+        commands,
+        format!("{NONCE_KEY}{nonce}"),
+        1,
+        options,
+    ))
+    .await?;
+    Ok(set.is_some())
+}
+
 /// Runs a Redis command with [`REDIS_TIMEOUT`].
 pub(super) async fn with_timeout<T>(
     future: impl std::future::Future<Output = redis::RedisResult<T>>,

@@ -26,8 +26,8 @@ use redis::AsyncCommands;
 use tokio::sync::OnceCell;
 
 use super::common::{
-    decode_value, deliver, encode_message, encode_value, millis, with_timeout, CATCH_UP_BATCH,
-    NONCE_KEY, PROBE_PREFIX, RECONNECT_BACKOFF, REDIS_TIMEOUT, REDIS_UNREACHABLE,
+    decode_value, deliver, encode_message, encode_value, millis, remember_nonce_in, with_timeout,
+    CATCH_UP_BATCH, NONCE_KEY, PROBE_PREFIX, RECONNECT_BACKOFF, REDIS_TIMEOUT, REDIS_UNREACHABLE,
 };
 use super::errors::Unavailable;
 use crate::hub::Hub;
@@ -124,12 +124,7 @@ impl Redis {
         memory: Duration,
     ) -> Result<bool, Unavailable> {
         let mut commands = self.commands().await?;
-        let options = redis::SetOptions::default()
-            .conditional_set(redis::ExistenceCheck::NX)
-            .with_expiration(redis::SetExpiry::PX(millis(memory)));
-        let set: Option<String> =
-            with_timeout(commands.set_options(format!("{NONCE_KEY}{nonce}"), 1, options)).await?;
-        Ok(set.is_some())
+        remember_nonce_in(&mut commands, nonce, memory).await
     }
 
     /// `DEL`s a nonce, on the one multiplexed connection that sent its

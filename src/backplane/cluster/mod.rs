@@ -58,7 +58,9 @@ use prometheus::{IntCounter, IntGauge};
 use redis::{AsyncCommands, PushInfo};
 use tokio::sync::mpsc;
 
-use super::common::{decode_value, encode_message, encode_value, millis, with_timeout, NONCE_KEY};
+use super::common::{
+    decode_value, encode_message, encode_value, millis, remember_nonce_in, with_timeout, NONCE_KEY,
+};
 use super::errors::{RecordError, Unavailable};
 use crate::hub::Hub;
 use crate::model::{Outcome, PayRecordId};
@@ -239,12 +241,7 @@ impl Cluster {
         memory: Duration,
     ) -> Result<bool, Unavailable> {
         let mut commands = self.connections.nonce_commands(nonce).await?;
-        let options = redis::SetOptions::default()
-            .conditional_set(redis::ExistenceCheck::NX)
-            .with_expiration(redis::SetExpiry::PX(millis(memory)));
-        let set: Option<String> =
-            with_timeout(commands.set_options(format!("{NONCE_KEY}{nonce}"), 1, options)).await?;
-        Ok(set.is_some())
+        remember_nonce_in(&mut commands, nonce, memory).await
     }
 
     /// `DEL` of a nonce remembered for a callback that was not recorded,
