@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::hub::{Hub, Limits};
 use crate::metrics::Metrics;
 use crate::signature::NONCE_MEMORY;
-use crate::store::{OpenError, Store, StoreConfig};
+use crate::store::{OpenError, Stopped, Store, StoreConfig};
 
 /// Why the app could not be built.
 #[derive(Debug)]
@@ -49,6 +49,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// The settings it runs with.
     pub config: Arc<Config>,
+    /// Tells when the store's writer has stopped (the durable default).
+    pub(crate) store_stopped: Option<Stopped>,
 }
 
 impl App {
@@ -67,6 +69,7 @@ impl App {
         };
         let metrics = Metrics::new()
             .map_err(|e| StartError::failure(format!("cannot set up metrics: {e}")))?;
+        let mut store_stopped = None;
         let hub =
             if config.redis_url.is_some() || config.redis_cluster.is_some() || config.in_memory {
                 Hub::new(limits)
@@ -82,6 +85,7 @@ impl App {
                         usage: matches!(e, OpenError::Locked(_) | OpenError::NotPrivate { .. }),
                         message: e.to_string(),
                     })?;
+                store_stopped = Some(store.stopped());
                 Hub::with_store(limits, store, replay.records)
             };
         let pubsub = PubSubMetrics {
@@ -100,6 +104,7 @@ impl App {
             backplane,
             metrics: Arc::new(metrics),
             config: Arc::new(config),
+            store_stopped,
         })
     }
 

@@ -1,7 +1,8 @@
 //! The command line: parse the configuration, set up logging, then either
-//! run a helper subcommand (`sign`, `token`) or serve: raise the open-file
-//! limit, bind, build the app and serve until SIGINT or SIGTERM. The binary
-//! (`main.rs`) only picks the allocator and calls [`run`].
+//! run a helper subcommand (`sign`, `token`) or serve: start the runtime,
+//! raise the open-file limit, bind, build the app and serve until SIGINT or
+//! SIGTERM, then wait for the store's writer. The binary (`main.rs`) only
+//! picks the allocator and calls [`run`].
 
 use std::process::ExitCode;
 
@@ -11,6 +12,7 @@ use crate::app::App;
 use crate::config::{Cli, Command, Config};
 use crate::server;
 use crate::signature::{self, SignedParts};
+use crate::store::Stopped;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use futures_util::FutureExt;
@@ -21,7 +23,7 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
 
 /// Runs `paypush` with the process's arguments; its exit code.
-pub async fn run() -> ExitCode {
+pub fn run() -> ExitCode {
     ignore_file_size_signal();
     let parsed = Cli::command()
         .try_get_matches()
@@ -84,25 +86,54 @@ pub async fn run() -> ExitCode {
             println!("{}", signature::subscribe_token(&secret, pay_record_id));
             ExitCode::SUCCESS
         }
-        None => serve(cli.serve).await,
+        None => {
+            match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => match runtime.block_on(serve(cli.serve)) {
+                    Ok(store) => {
+                        // The tasks go with the runtime, and the last store
+                        // handles with them: the writer can finish.
+                        drop(runtime);
+                        if store.is_some_and(|store| !store.wait(server::SHUTDOWN_GRACE)) {
+                            log::warn!("the store's writer had not stopped at exit");
+                        }
+                        log::info!("paypush stopped");
+                        ExitCode::SUCCESS
+                    }
+                    Err(code) => code,
+                },
+                Err(e) => {
+                    log::error!("cannot start the runtime: {e}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
     }
 }
 
-/// Runs the server until SIGINT or SIGTERM.
-async fn serve(config: Config) -> ExitCode {
+/// Runs the server until SIGINT or SIGTERM; gives what tells when the
+/// store's writer has stopped (the durable default), or the exit code of a
+/// server that could not start.
+async fn serve(config: Config) -> Result<Option<Stopped>, ExitCode> {
     let open_file_limit = raise_open_file_limit();
     let listener = match server::bind(config.bind) {
         Ok(listener) => listener,
         Err(e) => {
             log::error!("cannot listen on {}: {e}", config.bind);
-            return ExitCode::from(EXIT_FAILURE);
+            return Err(ExitCode::from(EXIT_FAILURE));
         }
     };
     let app = match App::new(config, open_file_limit) {
         Ok(app) => app,
         Err(e) => {
             log::error!("{e}");
-            return ExitCode::from(if e.usage { EXIT_USAGE } else { EXIT_FAILURE });
+            return Err(ExitCode::from(if e.usage {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILURE
+            }));
         }
     };
     let address = listener
@@ -121,7 +152,7 @@ async fn serve(config: Config) -> ExitCode {
             }
             Err(e) => {
                 log::error!("cannot listen on {metrics_bind} for metrics: {e}");
-                return ExitCode::from(EXIT_FAILURE);
+                return Err(ExitCode::from(EXIT_FAILURE));
             }
         },
         None => None,
@@ -132,6 +163,7 @@ async fn serve(config: Config) -> ExitCode {
         "paypush listening on http://{address} ({}; up to {max_streams} streams, {per_payment} per payment)",
         app.describe(),
     );
+    let store = app.store_stopped.clone();
     server::run(listener, app, shutdown).await;
     if let Some(metrics_server) = metrics_server {
         if tokio::time::timeout(server::SHUTDOWN_GRACE, metrics_server)
@@ -141,8 +173,7 @@ async fn serve(config: Config) -> ExitCode {
             log::warn!("the metrics address still had open connections at exit");
         }
     }
-    log::info!("paypush stopped");
-    ExitCode::SUCCESS
+    Ok(store)
 }
 
 /// Warns about settings that leave payments open to anyone.

@@ -12,7 +12,6 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    paypush::cli::run().await
+fn main() -> ExitCode {
+    paypush::cli::run()
 }

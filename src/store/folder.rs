@@ -4,9 +4,9 @@
 //! repairing damaged segments (their copies kept beside them) and reading
 //! back every live record.
 //!
-//! Imports the options, the errors, the record format and the segments'
-//! names; it must not import the writer or the store's handle (`mod.rs`),
-//! which receive what it found.
+//! Imports the options, the errors, the record format, the segments'
+//! names and the names of prepared ones; it must not import the writer or
+//! the store's handle (`mod.rs`), which receive what it found.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -17,10 +17,9 @@ use std::time::{Instant, SystemTime};
 
 use super::errors::OpenError;
 use super::options::StoreConfig;
+use super::prepare::{FILE_MODE, PREPARED_SUFFIX};
 use super::record::{self, unix_millis, Read, Record, MAGIC};
-use super::segments::{
-    damaged_copy_millis, is_segment_name, Closed, DAMAGED_INFIX, FILE_MODE, REPAIR_SUFFIX,
-};
+use super::segments::{damaged_copy_millis, is_segment_name, Closed, DAMAGED_INFIX, REPAIR_SUFFIX};
 
 /// The lock file's name in the data folder.
 const LOCK_FILE: &str = "LOCK";
@@ -165,6 +164,19 @@ fn read_folder(config: &StoreConfig) -> io::Result<(Replay, VecDeque<Closed>)> {
         {
             // A repair cut short: the segment it came from is still whole.
             fs::remove_file(&path)?;
+        } else if let Some(segment) = name
+            .strip_suffix(PREPARED_SUFFIX)
+            .filter(|segment| is_segment_name(segment))
+        {
+            // A spare: unused (read as an empty segment, then deleted), or
+            // the active segment whose unsynced rename a crash undid.
+            let segment = path.with_file_name(segment);
+            if segment.exists() {
+                fs::remove_file(&path)?;
+            } else {
+                fs::rename(&path, &segment)?;
+                paths.push(segment);
+            }
         }
     }
     paths.sort();
@@ -254,8 +266,8 @@ fn read_segment(
     copies: &mut Vec<(u64, PathBuf)>,
 ) -> io::Result<Option<(Vec<Record>, u64)>> {
     let bytes = fs::read(path)?;
-    if bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes) {
-        // Created but never written: nothing to keep.
+    if (bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes)) || is_zeros(&bytes) {
+        // Created, or being prepared, but never written: nothing to keep.
         fs::remove_file(path)?;
         return Ok(None);
     }
@@ -269,7 +281,14 @@ fn read_segment(
     let mut records = Vec::new();
     let mut bad = Vec::new();
     let mut offset = MAGIC.len();
+    // Where the records end: the file's end, or the start of the zeros a
+    // prepared segment holds past its last record.
+    let mut end = bytes.len();
     while offset < bytes.len() {
+        if is_zeros(&bytes[offset..]) {
+            end = offset;
+            break;
+        }
         match Record::decode(&bytes[offset..]) {
             Read::Record(record, used) => {
                 records.push(record);
@@ -304,7 +323,15 @@ fn read_segment(
     if bad.iter().all(|bad| bad.next.is_none()) {
         // At most a torn tail: cut it off in place.
         let Some(tail) = tail else {
-            return Ok(Some((records, bytes.len() as u64)));
+            if end < bytes.len() {
+                // The unused zeros of a prepared segment: cut off, not
+                // synced (back after a crash, they are read as the end again).
+                OpenOptions::new()
+                    .write(true)
+                    .open(path)?
+                    .set_len(end as u64)?;
+            }
+            return Ok(Some((records, end as u64)));
         };
         let file = OpenOptions::new().write(true).open(path)?;
         file.set_len(tail.offset as u64)?;
@@ -335,6 +362,12 @@ fn read_segment(
     repaired.extend_from_slice(&bytes[good_from..]);
     replace_segment(path, &repaired)?;
     Ok(Some((records, repaired.len() as u64)))
+}
+
+/// Whether every byte is zero: a prepared segment's unused end (a record
+/// never starts with a zero byte: its length, little-endian, is 1 to 73).
+fn is_zeros(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&byte| byte == 0)
 }
 
 /// Writes `bytes` (a damaged segment as found) beside it as

@@ -24,6 +24,15 @@
 //!   pass before it takes the next batch: half the syncs under a flood,
 //!   for at most that much latency. A trickle of callbacks (batches of one)
 //!   never waits.
+//! - **Segments made ahead.** A thread of its own prepares the next segment
+//!   before the writer needs it: [`SEGMENT_CAPACITY`](prepare::SEGMENT_CAPACITY)
+//!   bytes of zeros, synced once (PostgreSQL's `wal_init_zero`). A record's
+//!   `fdatasync` then overwrites allocated, written blocks and commits no
+//!   metadata: on the machine we measure on, a third less time and system
+//!   CPU per sync than an append. The writer moves to the spare when a
+//!   batch does not fit; the unused zeros are cut off when a segment closes
+//!   (or read as its end after a crash). Where no spare can be made (a disk
+//!   too full, a file-size limit) it writes to a segment that grows.
 //! - **Bounded by time, not history.** Every outcome lives the outcome TTL and
 //!   every nonce the nonce memory, so a segment expires whole once its newest
 //!   record has: it is deleted, never rewritten. A new segment starts every
@@ -74,24 +83,28 @@
 //! - `writer`: the writer thread (batches, gathering, write and sync,
 //!   failures and [`RETRY_PAUSE`]) and what it shares with the handles.
 //! - `segments`: segment files: names, [`segment_span`], rotation, expiry.
+//! - `prepare`: the thread that makes the next segment ahead of time.
 //! - `options`: [`Durability`] and [`StoreConfig`].
 //! - `errors`: [`StoreError`] and [`OpenError`].
 //! - [`record`]: the record format and its reader.
 //!
 //! `folder` and `writer` import `segments`, `options`, `errors` and
-//! `record`; `segments` imports `options` and `record`; `options` imports
-//! `record`; `errors` and `record` import nothing of the store.
+//! `record`; `segments` and `folder` import `prepare`; `segments` and
+//! `prepare` import `options` and `record`; `options` imports `record`;
+//! `errors` and `record` import nothing of the store.
 
 mod errors;
 mod folder;
 mod options;
+mod prepare;
 pub(crate) mod record;
 mod segments;
 mod writer;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use prometheus::Histogram;
 
@@ -133,6 +146,7 @@ impl Store {
             durability: config.durability,
             healthy: AtomicBool::new(true),
             bytes: AtomicU64::new(opened.bytes),
+            stopped: (Mutex::new(false), Condvar::new()),
         });
         let jobs = writer::start(
             config,
@@ -171,6 +185,11 @@ impl Store {
         self.shared.bytes.load(Ordering::Relaxed)
     }
 
+    /// What tells when the writer has stopped, once every handle is gone.
+    pub fn stopped(&self) -> Stopped {
+        Stopped(self.shared.clone())
+    }
+
     /// Says where and how, for the start-up line.
     pub fn describe(&self) -> String {
         let durability = match self.shared.durability {
@@ -181,5 +200,32 @@ impl Store {
             "store in {} (durability {durability})",
             self.shared.dir.display()
         )
+    }
+}
+
+/// Tells when the store's writer has stopped (its segment trimmed, its
+/// spare deleted, the folder unlocked): it stops once every [`Store`]
+/// handle is gone. Held by the process's `main` so that it exits after
+/// the writer, not in the middle of its last steps.
+#[derive(Clone)]
+pub struct Stopped(Arc<Shared>);
+
+impl fmt::Debug for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Stopped").field(&self.0.dir).finish()
+    }
+}
+
+impl Stopped {
+    /// Waits until the writer has stopped, or `limit` has passed; true if
+    /// it has stopped.
+    pub fn wait(&self, limit: Duration) -> bool {
+        let (stopped, changed) = &self.0.stopped;
+        let Ok(stopped) = stopped.lock() else {
+            return false;
+        };
+        changed
+            .wait_timeout_while(stopped, limit, |stopped| !*stopped)
+            .is_ok_and(|(stopped, _)| *stopped)
     }
 }

@@ -1,38 +1,35 @@
 //! Segment files: their names (`<unix ms>.seg`, and those of damaged copies
 //! and of repairs under way), how long one takes new records
-//! ([`segment_span`]), and the writer's set of them: the active segment,
-//! its rotation, and the deletion of segments whose records have all
-//! expired.
+//! ([`segment_span`]), and the writer's set of them: the active segment
+//! (taken from the [`Preparer`], filled up to its capacity), its rotation,
+//! and the deletion of segments whose records have all expired.
 //!
-//! Imports the options and the record format only; it must not import the
-//! writer (which drives [`Segments`]), the folder (which lists segments at
-//! start-up) or the store's handle.
+//! Imports the options, the record format and the preparer only; it must
+//! not import the writer (which drives [`Segments`]), the folder (which
+//! lists segments at start-up) or the store's handle.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::options::{Durability, StoreConfig};
+use super::prepare::{Preparer, FILE_MODE, SEGMENT_CAPACITY, SEGMENT_EXTENSION};
 use super::record::{unix_millis, MAGIC};
 
 /// Shortest and longest time a segment takes new records.
 const SEGMENT_SPAN_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
 /// A segment's span as a fraction of the outcome TTL.
 const SEGMENT_SPANS_PER_RETENTION: u32 = 8;
-/// Segment files' extension.
-const SEGMENT_EXTENSION: &str = "seg";
 /// Between a damaged segment's name and the time in its copy's name
 /// (`<unix ms>.seg.damaged-<unix ms>`): not a segment's extension, so the
 /// store never reads or expires a copy.
 pub(super) const DAMAGED_INFIX: &str = ".damaged-";
 /// Appended to a segment's name while its repaired version is written.
 pub(super) const REPAIR_SUFFIX: &str = ".repair";
-/// Every file the store creates is private: owner read and write only.
-pub(super) const FILE_MODE: u32 = 0o600;
 
 /// How long one segment takes new records: an eighth of the outcome TTL,
 /// from one second to one minute (a segment of nonces simply waits for
@@ -69,16 +66,43 @@ pub(super) struct Closed {
 
 /// The segment being written.
 pub(super) struct Active {
-    pub(super) file: File,
+    file: File,
     path: PathBuf,
     opened: Instant,
     /// Unix ms after which every record in it has expired.
     pub(super) expires: u64,
+    /// Bytes written: the magic and the records. The next write goes here.
     pub(super) bytes: u64,
+    /// The file's size when prepared ([`SEGMENT_CAPACITY`]); `None` for
+    /// one made when no spare could be (it grows with each write).
+    capacity: Option<u64>,
 }
 
 impl Active {
+    /// Whether `more` bytes fit in what is left of a prepared file.
+    fn fits(&self, more: u64) -> bool {
+        self.capacity
+            .is_none_or(|capacity| self.bytes + more <= capacity)
+    }
+
+    /// Writes `bytes` after the records (over a prepared segment's zeros).
+    pub(super) fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(bytes, self.bytes)
+    }
+
+    /// Waits until the disk has every byte written (`fdatasync`).
+    pub(super) fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Takes no more records: the unused zeros are cut off (not synced: a
+    /// crash may bring them back, which start-up reads as the end).
     fn close(self) -> Closed {
+        if self.capacity.is_some() {
+            if let Err(e) = self.file.set_len(self.bytes) {
+                log::warn!("store: cannot trim {}: {e}", self.path.display());
+            }
+        }
         Closed {
             path: self.path,
             expires: self.expires,
@@ -97,22 +121,26 @@ pub(super) struct Segments {
     active: Option<Active>,
     /// Older segments, oldest first.
     closed: VecDeque<Closed>,
-    /// The newest segment name used, so names never repeat.
-    last_name: u64,
+    /// Makes the next segment ahead of time.
+    preparer: Preparer,
+    /// Whether the last spare could not be made (said once, not per segment).
+    unprepared: bool,
 }
 
 impl Segments {
     /// The segments found at start-up (`closed`, oldest first); the first
-    /// record written starts a new one.
-    pub(super) fn new(config: &StoreConfig, closed: VecDeque<Closed>) -> Self {
-        Segments {
+    /// record written starts a new one. Starts the thread that prepares
+    /// segments.
+    pub(super) fn new(config: &StoreConfig, closed: VecDeque<Closed>) -> io::Result<Self> {
+        Ok(Segments {
             dir: config.dir.clone(),
             durability: config.durability,
             span: segment_span(config),
             active: None,
             closed,
-            last_name: 0,
-        }
+            preparer: Preparer::start(config.dir.clone(), config.durability)?,
+            unprepared: false,
+        })
     }
 
     /// How long one segment takes new records.
@@ -120,35 +148,68 @@ impl Segments {
         self.span
     }
 
-    /// The segment to write to: the active one, or a new one once it is
-    /// older than the span (or there is none).
-    pub(super) fn active(&mut self, bytes: &AtomicU64) -> io::Result<&mut Active> {
+    /// The segment to write `more` bytes to: the active one, or a new one
+    /// once it is older than the span or too full (or there is none).
+    pub(super) fn active(&mut self, more: u64, bytes: &AtomicU64) -> io::Result<&mut Active> {
         if self
             .active
             .as_ref()
-            .is_some_and(|a| a.opened.elapsed() >= self.span)
+            .is_some_and(|a| a.opened.elapsed() >= self.span || !a.fits(more))
         {
-            if let Some(active) = self.active.take() {
-                self.closed.push_back(active.close());
-            }
+            self.close_active();
         }
         if self.active.is_none() {
-            self.active = Some(self.new_segment(bytes)?);
+            let active = self.new_segment()?;
+            bytes.fetch_add(active.bytes, Ordering::Relaxed);
+            self.active = Some(active);
         }
         self.active
             .as_mut()
             .ok_or_else(|| io::Error::other("no segment"))
     }
 
-    /// Creates a segment with its magic, durable (file and folder entry)
-    /// before any record goes in.
-    fn new_segment(&mut self, bytes: &AtomicU64) -> io::Result<Active> {
-        let name = unix_millis(SystemTime::now()).max(self.last_name + 1);
-        self.last_name = name;
-        let path = self.dir.join(format!("{name:020}.{SEGMENT_EXTENSION}"));
+    /// The next segment: the spare the preparer made, or, when it could
+    /// not make one (a disk too full for a whole segment, a file-size
+    /// limit), one made here that grows with each write, as long as the
+    /// disk takes it.
+    fn new_segment(&mut self) -> io::Result<Active> {
+        let (file, path, capacity) = match self.preparer.take() {
+            Ok(prepared) => {
+                if std::mem::take(&mut self.unprepared) {
+                    log::info!("store: preparing segments ahead again");
+                }
+                let (file, path) = prepared.into_segment()?;
+                (file, path, Some(SEGMENT_CAPACITY))
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.unprepared, true) {
+                    log::warn!(
+                        "store: cannot prepare a segment of {SEGMENT_CAPACITY} bytes in {} \
+                         ({e}); writing to one that grows instead",
+                        self.dir.display()
+                    );
+                }
+                let (file, path) = self.growing_segment()?;
+                (file, path, None)
+            }
+        };
+        Ok(Active {
+            file,
+            path,
+            opened: Instant::now(),
+            expires: 0,
+            bytes: MAGIC.len() as u64,
+            capacity,
+        })
+    }
+
+    /// Creates a segment holding only its magic, durable (file and folder
+    /// entry) before any record goes in.
+    fn growing_segment(&mut self) -> io::Result<(File, PathBuf)> {
+        let path = self.preparer.next_path();
         let mut file = OpenOptions::new()
             .create_new(true)
-            .append(true)
+            .write(true)
             .mode(FILE_MODE)
             .open(&path)?;
         file.write_all(MAGIC)?;
@@ -156,23 +217,31 @@ impl Segments {
             file.sync_data()?;
             File::open(&self.dir)?.sync_all()?;
         }
-        bytes.fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
-        Ok(Active {
-            file,
-            path,
-            opened: Instant::now(),
-            expires: 0,
-            bytes: MAGIC.len() as u64,
-        })
+        Ok((file, path))
+    }
+
+    /// Closes the active segment, if any.
+    fn close_active(&mut self) {
+        if let Some(active) = self.active.take() {
+            self.closed.push_back(active.close());
+        }
+    }
+
+    /// At the writer's end: closes the active segment and deletes the
+    /// spare made for the next one.
+    pub(super) fn finish(&mut self) {
+        self.close_active();
+        self.preparer.discard();
     }
 
     /// Closes the active segment after a failed write or sync, cut back to
     /// its last stored record: the next batch starts a fresh one.
     pub(super) fn abandon_active(&mut self) {
-        if let Some(active) = self.active.take() {
+        if let Some(mut active) = self.active.take() {
             if let Err(e) = active.file.set_len(active.bytes) {
                 log::warn!("store: cannot cut {} back: {e}", active.path.display());
             }
+            active.capacity = None;
             self.closed.push_back(active.close());
         }
     }
@@ -186,9 +255,7 @@ impl Segments {
             .as_ref()
             .is_some_and(|a| a.expires <= now && a.opened.elapsed() >= self.span)
         {
-            if let Some(active) = self.active.take() {
-                self.closed.push_back(active.close());
-            }
+            self.close_active();
         }
         self.closed.retain(|segment| {
             if segment.expires > now {

@@ -10,11 +10,11 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::Histogram;
@@ -51,6 +51,9 @@ pub(super) struct Shared {
     pub(super) healthy: AtomicBool,
     /// Bytes in the folder's live segments.
     pub(super) bytes: AtomicU64,
+    /// True once the writer has stopped: its segment trimmed, its spare
+    /// deleted, the folder's lock released.
+    pub(super) stopped: (Mutex<bool>, Condvar),
 }
 
 /// The writer thread's state.
@@ -77,7 +80,7 @@ pub(super) fn start(
 ) -> io::Result<mpsc::Sender<Job>> {
     let (jobs, queue) = mpsc::channel();
     let writer = Writer {
-        segments: Segments::new(&config, closed),
+        segments: Segments::new(&config, closed)?,
         config,
         failure: None,
         shared,
@@ -92,7 +95,8 @@ pub(super) fn start(
 
 impl Writer {
     /// Takes batches until every handle is gone; deletes expired segments
-    /// between batches and while idle.
+    /// between batches and while idle. Then closes its segments and says
+    /// it has stopped.
     fn run(mut self, queue: mpsc::Receiver<Job>) {
         let mut loaded = false;
         loop {
@@ -122,6 +126,14 @@ impl Writer {
             }
             self.segments.delete_expired(&self.shared.bytes);
         }
+        let shared = self.shared.clone();
+        self.segments.finish();
+        drop(self);
+        let (stopped, changed) = &shared.stopped;
+        if let Ok(mut stopped) = stopped.lock() {
+            *stopped = true;
+        }
+        changed.notify_all();
         log::debug!("store writer stopped");
     }
 
@@ -166,11 +178,13 @@ impl Writer {
     }
 
     fn append(&mut self, bytes: &[u8], expires: u64) -> io::Result<()> {
-        let active = self.segments.active(&self.shared.bytes)?;
-        active.file.write_all(bytes)?;
+        let active = self
+            .segments
+            .active(bytes.len() as u64, &self.shared.bytes)?;
+        active.write(bytes)?;
         if self.config.durability == Durability::Disk {
             let started = Instant::now();
-            active.file.sync_data()?;
+            active.sync()?;
             self.sync_seconds.observe(started.elapsed().as_secs_f64());
         }
         active.bytes += bytes.len() as u64;

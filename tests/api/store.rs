@@ -234,31 +234,176 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Where a segment's records end: at the end of the file, or where the
+/// zeros of a prepared segment start (a record's length is never 0).
+fn records_end(bytes: &[u8]) -> usize {
+    let mut offset = SEGMENT_MAGIC;
+    while let Some(length) = bytes.get(offset..offset + 4) {
+        let length = u32::from_le_bytes(length.try_into().unwrap()) as usize;
+        if length == 0 || offset + 8 + length > bytes.len() {
+            break;
+        }
+        offset += 8 + length;
+    }
+    offset
+}
+
 /// The segment whose last record is payment `id`'s outcome.
 fn segment_ending_with(dir: &Path, id: u64) -> PathBuf {
     segments(dir)
         .into_iter()
         .find(|path| {
             let bytes = std::fs::read(path).unwrap();
-            bytes.len() >= OUTCOME_RECORD && {
-                let record = &bytes[bytes.len() - OUTCOME_RECORD..];
+            let end = records_end(&bytes);
+            end >= SEGMENT_MAGIC + OUTCOME_RECORD && {
+                let record = &bytes[end - OUTCOME_RECORD..end];
                 record[9..17] == id.to_le_bytes()
             }
         })
         .expect("a segment ending with the outcome")
 }
 
-/// Records payments 1..=5, stops with SIGKILL, lets `damage` change the
-/// segment that ends with payment 5, restarts, and returns the new server.
-async fn restart_after_damage(dir: &Path, damage: impl FnOnce(&Path)) -> Binary {
+/// Records payments 1..=5 and stops with SIGKILL; returns the segment
+/// that ends with payment 5 (prepared: zeros after the records).
+async fn five_outcomes_then_sigkill(dir: &Path) -> PathBuf {
     let mut server = start_in(dir, &[]).await;
     for id in 1..=5 {
         let (status, _) = get(&server.url(&format!("/pay-callback?payRecordId={id}"))).await;
         assert_eq!(status, 200);
     }
     server.stop("KILL").await;
-    damage(&segment_ending_with(&dir.join("paypush-data"), 5));
+    segment_ending_with(&dir.join("paypush-data"), 5)
+}
+
+/// Records payments 1..=5, stops with SIGKILL, cuts the segment that ends
+/// with payment 5 back to its records (as a segment that grows with each
+/// write is), lets `damage` change it, restarts, and returns the new server.
+async fn restart_after_damage(dir: &Path, damage: impl FnOnce(&Path)) -> Binary {
+    let segment = five_outcomes_then_sigkill(dir).await;
+    let end = records_end(&std::fs::read(&segment).unwrap());
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    file.set_len(end as u64).unwrap();
+    damage(&segment);
     start_in(dir, &[]).await
+}
+
+/// The sizes of the store's files in `folder`, by name.
+fn file_sizes(folder: &Path) -> Vec<(String, u64)> {
+    files_starting_with(folder, "")
+        .iter()
+        .map(|path| {
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            (name, std::fs::metadata(path).unwrap().len())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn segments_are_prepared_ahead_filled_with_zeros_and_trimmed_once_closed() {
+    let dir = temp_dir();
+    let folder = dir.path().join("paypush-data");
+    let mut server = start_in(dir.path(), &[]).await;
+    assert_eq!(get(&server.url("/pay-callback?payRecordId=1")).await.0, 200);
+    // The segment written to, and the spare made for the next one: each
+    // its whole capacity, the spare all zeros after its magic.
+    let sizes = file_sizes(&folder);
+    let segment_files: Vec<_> = sizes
+        .iter()
+        .filter(|(name, _)| name.ends_with(".seg"))
+        .collect();
+    let spares: Vec<_> = sizes
+        .iter()
+        .filter(|(name, _)| name.ends_with(".seg.prepared"))
+        .collect();
+    assert_eq!((segment_files.len(), spares.len()), (1, 1), "{sizes:?}");
+    assert_eq!(segment_files[0].1, SEGMENT_CAPACITY, "{sizes:?}");
+    assert_eq!(spares[0].1, SEGMENT_CAPACITY, "{sizes:?}");
+    let spare = std::fs::read(folder.join(&spares[0].0)).unwrap();
+    assert!(spare.starts_with(b"PAYPUSH1"));
+    assert!(spare[SEGMENT_MAGIC..].iter().all(|&byte| byte == 0));
+    assert_eq!(mode(&folder.join(&spares[0].0)), 0o600);
+    // A clean stop trims the segment to its record and deletes the spare.
+    server.stop("TERM").await;
+    let sizes = file_sizes(&folder);
+    let expected = [(
+        segment_files[0].0.clone(),
+        (SEGMENT_MAGIC + OUTCOME_RECORD) as u64,
+    )];
+    let store_files: Vec<_> = sizes
+        .into_iter()
+        .filter(|(name, _)| name != "LOCK")
+        .collect();
+    assert_eq!(store_files, expected);
+}
+
+#[tokio::test]
+async fn a_prepared_segment_left_by_sigkill_is_read_to_its_last_record_without_a_warning() {
+    let dir = temp_dir();
+    let folder = dir.path().join("paypush-data");
+    let segment = five_outcomes_then_sigkill(dir.path()).await;
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), SEGMENT_CAPACITY);
+    let server = start_in(dir.path(), &[]).await;
+    assert!(
+        !server.logged().contains("WARN store"),
+        "{}",
+        server.logged()
+    );
+    assert!(!server.logged().contains("ERROR"), "{}", server.logged());
+    for id in 1..=5 {
+        assert!(is_duplicate(&server, id).await, "payment {id} was lost");
+    }
+    // Cut back to its records; the spare of the last run is gone.
+    let length = std::fs::metadata(&segment).unwrap().len();
+    assert_eq!(length, (SEGMENT_MAGIC + 5 * OUTCOME_RECORD) as u64);
+    assert!(
+        files_starting_with(&folder, "")
+            .iter()
+            .filter(|path| path.to_string_lossy().ends_with(".prepared"))
+            .count()
+            <= 1,
+        "only the new run's spare"
+    );
+}
+
+#[tokio::test]
+async fn a_segment_still_under_its_prepared_name_after_a_crash_is_read() {
+    // The rename of a spare to its segment name is not synced: after a
+    // power cut, the records can be in a file still named `.prepared`.
+    let dir = temp_dir();
+    let segment = five_outcomes_then_sigkill(dir.path()).await;
+    let mut prepared = segment.clone().into_os_string();
+    prepared.push(".prepared");
+    std::fs::rename(&segment, &prepared).unwrap();
+    let server = start_in(dir.path(), &[]).await;
+    for id in 1..=5 {
+        assert!(is_duplicate(&server, id).await, "payment {id} was lost");
+    }
+    assert!(segment.exists(), "read under its segment name again");
+}
+
+#[tokio::test]
+async fn a_last_record_left_half_zeros_in_a_prepared_segment_is_dropped_with_a_warning() {
+    // A write cut short over a prepared segment leaves the record's end as
+    // the zeros it was written over.
+    let dir = temp_dir();
+    let segment = five_outcomes_then_sigkill(dir.path()).await;
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let end = records_end(&bytes);
+    bytes[end - 13..end].fill(0);
+    std::fs::write(&segment, bytes).unwrap();
+    let server = start_in(dir.path(), &[]).await;
+    assert!(
+        server.logged().contains("record at byte"),
+        "{}",
+        server.logged()
+    );
+    for id in 1..=4 {
+        assert!(is_duplicate(&server, id).await, "payment {id} was lost");
+    }
+    assert!(!is_duplicate(&server, 5).await, "the torn record came back");
 }
 
 async fn is_duplicate(server: &Binary, id: u64) -> bool {
@@ -311,6 +456,8 @@ async fn a_last_record_cut_in_half_is_dropped_and_the_rest_kept() {
 
 /// Bytes before the first record of a segment (its magic).
 const SEGMENT_MAGIC: usize = 8;
+/// The size of a prepared segment file.
+const SEGMENT_CAPACITY: u64 = 1 << 20;
 /// An outcome record: length and CRC (8 bytes), tag, id, status, time.
 const OUTCOME_RECORD: usize = 8 + 1 + 8 + 1 + 8;
 
@@ -514,6 +661,11 @@ async fn a_store_that_cannot_write_answers_503_stays_up_and_loses_no_200() {
     assert!(retry_after.is_some());
     assert_eq!(json["error"], "unavailable", "{json}");
     assert!(answered.len() > 10, "only {} stored", answered.len());
+    assert!(
+        server.logged().contains("cannot prepare a segment"),
+        "{}",
+        server.logged()
+    );
     let (ready, body) = get(&server.url("/readyz")).await;
     assert_eq!((ready, &body["error"]), (503, &Value::from("not_ready")));
     assert_eq!(get(&server.url("/healthz")).await.0, 200);
