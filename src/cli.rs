@@ -1,8 +1,8 @@
 //! The command line: parse the configuration, set up logging, then either
-//! run a helper subcommand (`sign`, `token`) or serve: start the runtime,
-//! raise the open-file limit, bind, build the app and serve until SIGINT or
-//! SIGTERM, then wait for the store's writer. The binary (`main.rs`) only
-//! picks the allocator and calls [`run`].
+//! run a helper subcommand (`sign`, `token`) or serve: start the runtime
+//! with `--workers` threads, raise the open-file limit, bind, build the app
+//! and serve until SIGINT or SIGTERM, then wait for the store's writer. The
+//! binary (`main.rs`) only picks the allocator and calls [`run`].
 
 use std::process::ExitCode;
 
@@ -87,10 +87,11 @@ pub fn run() -> ExitCode {
             ExitCode::SUCCESS
         }
         None => {
-            match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            if let Some(workers) = cli.serve.workers {
+                runtime.worker_threads(usize::from(workers));
+            }
+            match runtime.enable_all().build() {
                 Ok(runtime) => match runtime.block_on(serve(cli.serve)) {
                     Ok(store) => {
                         // The tasks go with the runtime, and the last store

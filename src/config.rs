@@ -168,6 +168,11 @@ pub struct Config {
     /// Serve /metrics on this (internal) address instead; the main address then answers it with 404 [default: on --bind].
     #[arg(long, env = "PAYPUSH_METRICS_BIND", value_name = "ADDR")]
     pub metrics_bind: Option<SocketAddr>,
+
+    /// Threads serving connections, as nginx's worker_processes; the store's writer has its own [default: one per core].
+    #[arg(long, env = "PAYPUSH_WORKERS", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
 }
 
 /// The helper subcommands, for curl and for the merchant's backend.

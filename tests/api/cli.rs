@@ -1,10 +1,11 @@
 //! The command line: a bad configuration stops start-up with one line and
 //! exit code 2 (passwords in Redis URLs hidden), environment variables
-//! configure the server, and secrets never show in `--help`.
+//! configure the server, `--workers` sets the threads serving connections,
+//! and secrets never show in `--help`.
 
 use std::time::Duration;
 
-use crate::support::{paypush_command, refused_at_start, temp_dir};
+use crate::support::{paypush_command, refused_at_start, start_binary, temp_dir};
 
 #[tokio::test]
 async fn bad_configuration_stops_start_up_with_one_line_and_exit_2() {
@@ -12,11 +13,42 @@ async fn bad_configuration_stops_start_up_with_one_line_and_exit_2() {
         &["--push-timeout", "soon"][..],
         &["--max-streams", "0"],
         &["--bind", "nowhere"],
+        &["--workers", "0"],
     ] {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_paypush"));
         command.args(flags);
         let stderr = refused_at_start(command).await;
         assert!(stderr.starts_with("error:"), "{flags:?}: {stderr}");
+    }
+}
+
+/// The names of a process's threads, from `/proc`.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).unwrap())
+        .map(|name| name.trim_end().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn workers_sets_the_threads_serving_connections() {
+    let runtime_threads = |names: &[String]| {
+        names
+            .iter()
+            .filter(|name| name.as_str() == "tokio-rt-worker")
+            .count()
+    };
+    for (workers, expected) in [("1", 1), ("3", 3)] {
+        let dir = temp_dir();
+        let mut server = start_binary(paypush_command(dir.path()), &["--workers", workers]).await;
+        let response = reqwest::get(server.url("/pay-callback?payRecordId=1"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let names = thread_names(server.child.id().unwrap());
+        assert_eq!(runtime_threads(&names), expected, "{names:?}");
+        server.stop("TERM").await;
     }
 }
 
