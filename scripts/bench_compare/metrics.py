@@ -19,18 +19,47 @@ def last_json_text(text):
     return lines[-1] if lines else None
 
 
-def sync_figures(metrics, label):
-    """paypush's fdatasync calls in one latency run: how many, their mean
-    time (ms; None without any) and how many took over 1 ms."""
-    values = {}
+def sync_figures(metrics, label, writer_ns=None):
+    """paypush's fdatasync calls in one run: how many, their mean time and
+    their p99 (ms; None without any), how many took over 1 ms, and (given
+    the store thread's CPU time in ns, as `store.store_cost` reads it) that
+    thread's CPU per sync in µs."""
+    values, buckets = {}, []
     for line in metrics.splitlines():
-        m = re.match(r'^paypush_store_sync_seconds_(sum|count|bucket\{le="0.001"\}) (\S+)$', line)
+        m = re.match(r'^paypush_store_sync_seconds_(sum|count) (\S+)$', line)
         if m:
             values[m.group(1)] = float(m.group(2))
+        m = re.match(r'^paypush_store_sync_seconds_bucket\{le="([^"]+)"\} (\S+)$', line)
+        if m:
+            buckets.append((float(m.group(1)), float(m.group(2))))
     count = values.get("count", 0)
+    below_1ms = next((n for le, n in buckets if le == 0.001), count)
+    try:
+        writer_us = int(writer_ns) / 1000 / count if count else None
+    except (TypeError, ValueError):
+        writer_us = None
     return {"label": label, "syncs": int(count),
             "sync_ms": 1000 * values.get("sum", 0) / count if count else None,
-            "over_1ms": int(count - values.get('bucket{le="0.001"}', count))}
+            "p99_ms": quantile_ms(buckets, count, 0.99),
+            "over_1ms": int(count - below_1ms),
+            "writer_us_per_sync": writer_us}
+
+
+def quantile_ms(buckets, count, q):
+    """The q-quantile (ms) of a Prometheus histogram's cumulative buckets
+    [(le seconds, count)], interpolated linearly inside its bucket as
+    Prometheus's histogram_quantile does; None without observations."""
+    if not count:
+        return None
+    rank = q * count
+    lower_le, lower_n = 0.0, 0.0
+    for le, n in sorted(buckets):
+        if n >= rank:
+            if le == float("inf"):
+                return 1000 * lower_le
+            return 1000 * (lower_le + (le - lower_le) * (rank - lower_n) / max(n - lower_n, 1e-9))
+        lower_le, lower_n = le, n
+    return 1000 * lower_le
 
 
 def store_figures(metrics, size, restart_ms, callbacks, restart_log,

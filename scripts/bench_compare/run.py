@@ -34,7 +34,12 @@ ports from 8080 and 16379). Each scenario runs on a freshly started server
 folder of its own, in a temporary working directory), the servers
 alternating: paypush (the default: store on disk, --durability disk), nchan,
 paypush-redis, then for the throughput, latency and memory rows
-paypush-process (--durability process) and paypush-memory (--in-memory).
+paypush-process (--durability process) and paypush-memory (--in-memory),
+which also gets the flat-cost rows. Every paypush runs with --workers 1, as
+nchan.conf runs one nginx worker. A section first shows the targets of
+issue 26 in each repetition: --in-memory against nchan, the durable default
+against --in-memory plus that run's fdatasync p99 and the store thread's
+CPU, and the durable default's callbacks/s against nchan's.
 Last, the store's own figures: the folder's size after 1 000 000 callbacks
 and the restart time with them on disk. With redis-server and redis-cli, the
 scale-out rows: 3 paypush instances on one Redis against 3 on a 3-primary,
@@ -195,10 +200,12 @@ class Bench:
                 "--transport", loadgen_transport, "--subscribe", subscribe, "--publish", publish,
                 "--server-pid", self.server.pids, "--sources", str(loadgen.SOURCES),
                 "--label", f"{server}/{scenario}/{rep}", *map(str, args)], log_path)
-            # paypush's syncs in a latency run: shows whether a slow run met a slow disk.
-            if server == "paypush" and scenario.startswith("latency-"):
+            # paypush's syncs in a run with callbacks: whether a slow run met
+            # a slow disk, and the p99 and CPU of a sync that the targets use.
+            if server == "paypush" and not scenario.startswith("mem-"):
+                writer_ns, _ = store.store_cost(self.server.pid, self.work)
                 figures = metrics.sync_figures(http_get(self.paypush_port, "/metrics"),
-                                               f"{server}/{scenario}/{rep}")
+                                               f"{server}/{scenario}/{rep}", writer_ns)
                 self.syncs.append(figures)
         finally:
             self.server.stop()
@@ -245,7 +252,7 @@ class Bench:
                 self.run(server, "mem-proxy", rep, "--streams", z["proxy_streams"],
                          "--callbacks", 0)
             for size in z["flat_sizes"]:
-                for server in servers:
+                for server in servers + ["paypush-memory"]:
                     self.run(server, f"flat-{size}", rep, "--streams", size,
                              "--callbacks", 1000, "--rate", 2000, "--deadline", "5s")
             for server in servers + store_modes:

@@ -20,8 +20,10 @@ NCHAN_PORT = 18081                       # the port nchan.conf listens on
 NCHAN_H2C_PORT = 18082                   # the h2c port added to it
 HAPROXY_PORT = 18090                     # HAProxy in front of paypush (h2c upstream)
 
-# Flags every paypush of the benchmark runs with.
-PAYPUSH_FLAGS = ["--push-timeout", "10m", "--keep-alive", "15s"]
+# Flags every paypush of the benchmark runs with: one thread serving
+# connections, as nchan.conf runs one nginx worker (the store's writer has
+# its own thread, as nginx's would have its own I/O).
+PAYPUSH_FLAGS = ["--push-timeout", "10m", "--keep-alive", "15s", "--workers", "1"]
 
 
 def answers(port):

@@ -71,6 +71,29 @@ class RenderTest(unittest.TestCase):
                       "1.35 (0.750 ms, 2 of 903).", self.md)
         self.assertNotIn("at 1,000/s in each repetition", self.md)
 
+    def test_the_targets_show_each_repetition_against_its_bound(self):
+        targets = self.md.split("## Targets, in each repetition", 1)[1].split("## Every figure")[0]
+        sections = targets.split("\n\n**")[1:]
+        self.assertEqual(len(sections), 3)
+        self.assertTrue(sections[0].startswith("`--in-memory` against nchan"))
+        # In-memory against nchan: rep 2's p50 and rep 3's CPU miss.
+        self.assertEqual(row(sections[0], "1 |"), ["1", "0.40 / 0.70", "1.20 / 2.00", "30.0 / 35.0", "yes"])
+        self.assertEqual(row(sections[0], "2 |")[-1], "**no**")
+        self.assertEqual(row(sections[0], "3 |")[3:], ["40.0 / 35.0", "**no**"])
+        self.assertIn("met in 1 of 3 repetitions.", sections[0])
+        # Durable: the bound is that repetition's in-memory p99 plus its sync p99.
+        self.assertEqual(row(sections[1], "1 |"),
+                         ["1", "1.50", "1.20 + 0.40 = 1.60", "0 of 901", "yes",
+                          "40.0", "30.0 + 20 / 2.00 = 40.0", "yes"])
+        self.assertEqual(row(sections[1], "2 |")[2:5], ["n/a", "1 of 902", "n/a"])
+        self.assertEqual(row(sections[1], "3 |")[2:5], ["1.00 + 0.20 = 1.20", "2 of 903", "**no**"])
+        self.assertIn("p99: met in 1 of 2 repetitions. CPU: met in 2 of 2 repetitions.", sections[1])
+        # Callbacks/s: 20 000 / 15 000 and 24 000 / 21 000; rep 3 has no nchan run.
+        self.assertEqual(row(sections[2], "1 |"), ["1", "20,000", "15,000", "1.33", "yes"])
+        self.assertEqual(row(sections[2], "2 |")[3:], ["1.14", "**no**"])
+        self.assertEqual(row(sections[2], "3 |")[2:], ["n/a", "n/a", "n/a"])
+        self.assertIn("met in 1 of 2 repetitions.", sections[2])
+
     def test_the_store_hub_and_scale_out_sections(self):
         self.assertEqual(row(self.md, "data folder size after them")[1],
                          "7.0 MiB (73.4 bytes per outcome)")
@@ -108,10 +131,21 @@ class MetricsTest(unittest.TestCase):
     def test_sync_figures_from_paypush_metrics(self):
         text = ('paypush_store_sync_seconds_bucket{le="0.001"} 8\n'
                 "paypush_store_sync_seconds_sum 0.02\npaypush_store_sync_seconds_count 10\n")
-        self.assertEqual(metrics.sync_figures(text, "paypush/latency-1000/1"),
+        self.assertEqual(metrics.sync_figures(text, "paypush/latency-1000/1", "600000"),
                          {"label": "paypush/latency-1000/1", "syncs": 10, "sync_ms": 2.0,
-                          "over_1ms": 2})
-        self.assertIsNone(metrics.sync_figures("", "x")["sync_ms"])
+                          "p99_ms": 1.0, "over_1ms": 2, "writer_us_per_sync": 60.0})
+        empty = metrics.sync_figures("", "x", "n/a")
+        self.assertEqual((empty["sync_ms"], empty["p99_ms"], empty["writer_us_per_sync"]),
+                         (None, None, None))
+
+    def test_a_p99_is_read_off_the_buckets_as_histogram_quantile_does(self):
+        buckets = [(0.0001, 50), (0.0002, 90), (0.001, 99.5), (float("inf"), 100)]
+        # Rank 99 of 100 lies 9 / 9.5 of the way through the 0.2-1 ms bucket.
+        self.assertAlmostEqual(metrics.quantile_ms(buckets, 100, 0.99), 0.2 + 0.8 * 9 / 9.5)
+        self.assertAlmostEqual(metrics.quantile_ms(buckets, 100, 0.5), 0.1)
+        # Past the last finite bucket: its bound, the most the histogram can say.
+        self.assertAlmostEqual(metrics.quantile_ms(buckets, 100, 0.999), 1.0)
+        self.assertIsNone(metrics.quantile_ms([], 0, 0.99))
 
     def test_commands_sent_leave_out_what_the_record_script_runs(self):
         text = ("# Commandstats\r\ncmdstat_evalsha:calls=7,usec=1\r\ncmdstat_set:calls=5,usec=1\r\n"
