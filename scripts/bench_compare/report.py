@@ -143,7 +143,10 @@ def render_main(results):
           "and CPU are not counted; *paypush-process*: `--durability process`; "
           "*paypush-memory*: `--in-memory`, nothing on disk); "
           f"nginx {machine['nginx_version']} with nchan {machine['nchan_version']}, 1 worker (`benches/nchan.conf`, "
-          "plus a `longpoll` and a `websocket` subscriber location on the same channels). "
+          "plus a `longpoll` and a `websocket` subscriber location on the same channels)"
+          + (f"; *pushpin*: Pushpin {machine.get('pushpin_version', '')} (`scripts/bench_compare/pushpin.py`: "
+             "no `message_rate` limit, the stream closed after its event, all its processes counted, "
+             "not its origin)" if settings.get("peers") else "") + ". "
           f"Medians of {settings['reps']} repetition(s); each scenario on a freshly started server, "
           "the servers alternating.")
     out()
@@ -155,7 +158,8 @@ def render_main(results):
                                 settings["lat_idle"], flat_size))
     out("## Every figure")
     out()
-    servers = list(settings["servers"]) + list(settings["store_modes"])
+    servers = (list(settings["servers"]) + list(settings["store_modes"])
+               + list(settings.get("peers", [])))
     out("| figure | " + " | ".join(servers) + " |")
     out("|---|" + "---:|" * len(servers))
     for name, cell in rows:

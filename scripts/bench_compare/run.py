@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 
-from . import loadgen, metrics, report, scaleout, store
+from . import loadgen, metrics, pushpin, report, scaleout, store
 from .servers import NCHAN_MODULE, NCHAN_PORT, Servers, answers, http_get, log, nchan_conf
 
 USAGE = """Measures paypush side by side with nginx + nchan (the peer of issue 6) and
@@ -40,7 +40,11 @@ nchan.conf runs one nginx worker. A section first shows the targets of
 issue 26 in each repetition: --in-memory against nchan, the durable default
 against --in-memory plus that run's fdatasync p99 and the store thread's
 CPU, and the durable default's callbacks/s against nchan's.
-Last, the store's own figures: the folder's size after 1 000 000 callbacks
+With Debian's pushpin, Pushpin is a second peer (scripts/bench_compare/
+pushpin.py: its stock message_rate limit off, the stream closed after its
+event, its memory and CPU summed over all its processes, its origin's not
+counted) in the memory, latency (1 000 and 2 000/s) and callbacks/s with a
+stream rows. Last, the store's own figures: the folder's size after 1 000 000 callbacks
 and the restart time with them on disk. With redis-server and redis-cli, the
 scale-out rows: 3 paypush instances on one Redis against 3 on a 3-primary,
 3-replica Redis Cluster (loopback ports 16380-16385 and their bus ports),
@@ -125,6 +129,8 @@ def machine():
         "paypush_version": command("git", "describe", "--always", "--dirty") or "unknown",
         "nginx_version": nginx,
         "nchan_version": nchan,
+        "pushpin_version": re.sub(r"-.*", "", command("dpkg-query", "-W", "-f", "${Version}",
+                                                      "pushpin")),
     }
 
 
@@ -154,6 +160,11 @@ class Bench:
         self.paypush_port = int(os.environ.get("PAYPUSH_BENCH_PORT", "8080"))
         self.redis_port = int(os.environ.get("PAYPUSH_BENCH_REDIS_PORT", "16379"))
         self.servers = ["paypush", "nchan"]
+        # The second peer, in the rows of a waiting SSE stream over HTTP/1.1:
+        # memory, latency and callbacks/s with a stream.
+        self.peers = ["pushpin"] if shutil.which("pushpin") else []
+        if not self.peers:
+            log("bench-compare: no pushpin, so no Pushpin figures")
         if shutil.which("redis-server"):
             self.servers.append("paypush-redis")
         else:
@@ -192,6 +203,9 @@ class Bench:
         elif scenario.endswith("-h2c"):
             transport = "h2c"
         subscribe, publish = loadgen.urls(server, transport, self.paypush_port)
+        extra = []
+        if server == "pushpin":
+            subscribe, publish, extra = pushpin.urls()
         env = {"PAYPUSH_MAX_STREAMS": "150000"} if transport == "h2c" else {}
         self.server.start(server, env)
         try:
@@ -199,7 +213,7 @@ class Bench:
             text = loadgen.run(self.loadgen_bin, [
                 "--transport", loadgen_transport, "--subscribe", subscribe, "--publish", publish,
                 "--server-pid", self.server.pids, "--sources", str(loadgen.SOURCES),
-                "--label", f"{server}/{scenario}/{rep}", *map(str, args)], log_path)
+                "--label", f"{server}/{scenario}/{rep}", *extra, *map(str, args)], log_path)
             # paypush's syncs in a run with callbacks: whether a slow run met
             # a slow disk, and the p99 and CPU of a sync that the targets use.
             if server == "paypush" and not scenario.startswith("mem-"):
@@ -222,12 +236,14 @@ class Bench:
         latency = ["--streams", z["lat_idle"] + z["lat_targets"], "--callbacks", z["lat_targets"]]
         for rep in range(1, self.reps + 1):
             log_out(f"== repetition {rep} of {self.reps}")
-            for server in servers + store_modes:
+            peers = self.peers
+            for server in servers + store_modes + peers:
                 self.run(server, "mem-small", rep, "--streams", z["mem_small"], "--callbacks", 0)
             for server in servers:
                 self.run(server, "mem-big", rep, "--streams", z["mem_big"], "--callbacks", 0)
             for rate in (1000, 2000, 5000):
                 modes = servers + store_modes if rate == 2000 else servers
+                modes = modes + (peers if rate < 5000 else [])
                 for server in modes:
                     self.run(server, f"latency-{rate}", rep, *latency,
                              "--rate", rate, "--deadline", "5s")
@@ -259,7 +275,7 @@ class Bench:
                 self.run(server, "tput-nostream", rep, "--streams", 0,
                          "--callbacks", z["tput_callbacks"], "--duration", z["tput_duration"],
                          "--connections", 64)
-            for server in servers + store_modes:
+            for server in servers + store_modes + peers:
                 self.run(server, "tput-stream", rep, "--streams", z["tput_streams"],
                          "--callbacks", z["tput_streams"], "--connections", 64)
 
@@ -330,6 +346,7 @@ def main(argv):
             "h2c_streams": z["h2c_streams"], "h2c_connections": H2C_CONNECTIONS,
             "proxy_streams": z["proxy_streams"], "big_h2c_connections": BIG_H2C_CONNECTIONS,
             "reps": opts.reps, "servers": bench.servers, "store_modes": bench.store_modes,
+            "peers": bench.peers,
             "command_line": command_line,
         },
         "machine": machine(),

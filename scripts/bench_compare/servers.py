@@ -1,6 +1,6 @@
 """The servers under test, started and stopped the same way every time:
 paypush (store on disk, `--durability process`, `--in-memory`, Redis mode),
-nginx + nchan, HAProxy in front of paypush, and a redis-server of their own.
+nginx + nchan, Pushpin (`pushpin.py`), HAProxy in front of paypush, and a redis-server of their own.
 Each scenario runs on a freshly started server, in a fresh working
 directory, and everything listens on 127.0.0.1 only."""
 
@@ -143,6 +143,7 @@ class Servers:
         self.pids = ""
         self.kind = ""
         self.redis = None
+        self.pushpin = None     # a pushpin.Pushpin while one runs
 
     def log(self, name):
         return open(os.path.join(self.work, name), "ab")
@@ -202,10 +203,20 @@ class Servers:
             workers = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True,
                                      text=True).stdout.split()
             self.pids = ",".join([str(self.pid)] + workers)
+        elif kind == "pushpin":
+            from .pushpin import Pushpin    # it imports this module
+            self.pushpin = Pushpin()
+            self.pushpin.start(self.work)
+            self.pid = self.pushpin.proc.pid
+            self.pids = self.pushpin.pids()
         else:
             raise ValueError(f"unknown server {kind}")
 
     def stop(self):
+        if self.pushpin is not None:
+            self.pushpin.stop()
+            self.pushpin = None
+            self.pid = None
         pidfile = os.path.join(self.work, "haproxy.pid")
         if os.path.exists(pidfile):
             with open(pidfile) as f:

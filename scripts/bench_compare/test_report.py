@@ -54,6 +54,15 @@ class RenderTest(unittest.TestCase):
         self.assertEqual(row(self.md, "outcomes lost / duplicated")[1:3], ["1 / 0", "0 / 3"])
         self.assertEqual(row(self.md, "callbacks answered non-2xx or failed")[1], "2")
 
+    def test_a_peer_gets_a_column_and_its_line_in_the_header(self):
+        self.results["settings"]["peers"] = ["pushpin"]
+        self.results["machine"]["pushpin_version"] = "1.36.0"
+        md = render(self.results)
+        self.assertIn("| paypush-memory | pushpin |\n", md)
+        self.assertIn("*pushpin*: Pushpin 1.36.0 (", md)
+        self.assertEqual(row(md, "memory per waiting stream, server Pss (2,000 streams)")[-1], "n/a KiB")
+        self.assertNotIn("*pushpin*", self.md)
+
     def test_differences_and_ratios_pair_the_right_figures(self):
         # WebSocket against SSE: medians 1.50 - 2.00 KiB, 1.70 - 1.50 ms.
         ws = self.md.split("| WebSocket: memory", 1)[1]
