@@ -12,6 +12,14 @@ use crate::net::{connect, Target};
 use crate::sse::SseParser;
 use crate::waiters::{fail, mark_ready, on_sse_event, refuse, state, Shared};
 
+/// How much framing overhead of small DATA frames waiting to be read one
+/// connection may hold (h2's guard against a peer flooding it with tiny
+/// frames). Every stream's first event is a small frame: with thousands of
+/// streams per connection and a busy load tool, h2's default budget ran
+/// out at a million streams and it ended every connection with
+/// `ENHANCE_YOUR_CALM`. The tool trusts the server it measures.
+const SMALL_DATA_FRAME_BUDGET: usize = 1 << 30;
+
 /// Opens an h2c connection (HTTP/2 with prior knowledge) from `from` and
 /// drives it in its own task; its streams are opened with the handle.
 pub(crate) async fn h2c_connect(
@@ -21,7 +29,9 @@ pub(crate) async fn h2c_connect(
     let io = connect(target.addr, from)
         .await
         .map_err(|e| format!("h2c connect: {e}"))?;
-    let (send, connection) = h2::client::handshake(io)
+    let (send, connection) = h2::client::Builder::new()
+        .data_frame_budget(SMALL_DATA_FRAME_BUDGET)
+        .handshake(io)
         .await
         .map_err(|e| format!("h2c handshake: {e}"))?;
     tokio::spawn(async move {
