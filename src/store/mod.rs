@@ -103,7 +103,7 @@ mod writer;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use prometheus::Histogram;
@@ -112,7 +112,7 @@ pub(crate) use errors::{OpenError, StoreError};
 pub(crate) use folder::Replay;
 pub(crate) use options::{Durability, StoreConfig};
 pub(crate) use record::Record;
-use writer::{Job, Shared};
+use writer::{Job, Shared, StopSignal};
 
 /// A handle to the store; the writer thread runs while one exists.
 pub struct Store {
@@ -146,7 +146,7 @@ impl Store {
             durability: config.durability,
             healthy: AtomicBool::new(true),
             bytes: AtomicU64::new(opened.bytes),
-            stopped: (Mutex::new(false), Condvar::new()),
+            stopped: StopSignal::default(),
         });
         let jobs = writer::start(
             config,
@@ -220,12 +220,6 @@ impl Stopped {
     /// Waits until the writer has stopped, or `limit` has passed; true if
     /// it has stopped.
     pub fn wait(&self, limit: Duration) -> bool {
-        let (stopped, changed) = &self.0.stopped;
-        let Ok(stopped) = stopped.lock() else {
-            return false;
-        };
-        changed
-            .wait_timeout_while(stopped, limit, |stopped| !*stopped)
-            .is_ok_and(|(stopped, _)| *stopped)
+        self.0.stopped.wait(limit)
     }
 }

@@ -158,18 +158,36 @@ fn segment_path(dir: &Path, last_name: &AtomicU64) -> PathBuf {
 
 /// Creates `path` + `.prepared` (`path` is in `dir`): the magic, zeros to
 /// [`SEGMENT_CAPACITY`], and (durability `disk`) synced with its folder
-/// entry. A failure (a full disk, a file-size limit) removes the file.
+/// entry.
 fn prepare(dir: &Path, path: PathBuf, durability: Durability) -> io::Result<Prepared> {
     let mut prepared_path = path.clone().into_os_string();
     prepared_path.push(PREPARED_SUFFIX);
     let prepared_path = PathBuf::from(prepared_path);
+    let file = create_segment_file(dir, &prepared_path, SEGMENT_CAPACITY, durability)?;
+    Ok(Prepared {
+        file,
+        prepared_path,
+        path,
+    })
+}
+
+/// Creates the segment file `path` in `dir`, private: the magic, then
+/// zeros up to `size` bytes (none for a segment that grows), durable (file
+/// and folder entry, durability `disk`) before any record goes in. A
+/// failure (a full disk, a file-size limit) removes the file.
+pub(super) fn create_segment_file(
+    dir: &Path,
+    path: &Path,
+    size: u64,
+    durability: Durability,
+) -> io::Result<File> {
     let made = (|| {
         let mut file = OpenOptions::new()
             .create_new(true)
             .write(true)
             .mode(FILE_MODE)
-            .open(&prepared_path)?;
-        let mut contents = vec![0; SEGMENT_CAPACITY as usize];
+            .open(path)?;
+        let mut contents = vec![0; usize::try_from(size).unwrap_or(0).max(MAGIC.len())];
         contents[..MAGIC.len()].copy_from_slice(MAGIC);
         file.write_all(&contents)?;
         if durability == Durability::Disk {
@@ -178,15 +196,8 @@ fn prepare(dir: &Path, path: PathBuf, durability: Durability) -> io::Result<Prep
         }
         Ok(file)
     })();
-    match made {
-        Ok(file) => Ok(Prepared {
-            file,
-            prepared_path,
-            path,
-        }),
-        Err(e) => {
-            let _ = std::fs::remove_file(&prepared_path);
-            Err(e)
-        }
+    if made.is_err() {
+        let _ = std::fs::remove_file(path);
     }
+    made
 }

@@ -9,15 +9,15 @@
 //! lists segments at start-up) or the store's handle.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::options::{Durability, StoreConfig};
-use super::prepare::{Preparer, FILE_MODE, SEGMENT_CAPACITY, SEGMENT_EXTENSION};
+use super::prepare::{create_segment_file, Preparer, SEGMENT_CAPACITY, SEGMENT_EXTENSION};
 use super::record::{unix_millis, MAGIC};
 
 /// Shortest and longest time a segment takes new records.
@@ -207,16 +207,7 @@ impl Segments {
     /// entry) before any record goes in.
     fn growing_segment(&mut self) -> io::Result<(File, PathBuf)> {
         let path = self.preparer.next_path();
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(FILE_MODE)
-            .open(&path)?;
-        file.write_all(MAGIC)?;
-        if self.durability == Durability::Disk {
-            file.sync_data()?;
-            File::open(&self.dir)?.sync_all()?;
-        }
+        let file = create_segment_file(&self.dir, &path, MAGIC.len() as u64, self.durability)?;
         Ok((file, path))
     }
 

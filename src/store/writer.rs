@@ -51,9 +51,35 @@ pub(super) struct Shared {
     pub(super) healthy: AtomicBool,
     /// Bytes in the folder's live segments.
     pub(super) bytes: AtomicU64,
-    /// True once the writer has stopped: its segment trimmed, its spare
+    /// Set once the writer has stopped: its segment trimmed, its spare
     /// deleted, the folder's lock released.
-    pub(super) stopped: (Mutex<bool>, Condvar),
+    pub(super) stopped: StopSignal,
+}
+
+/// A flag set once, which others may wait for.
+#[derive(Default)]
+pub(super) struct StopSignal {
+    set: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl StopSignal {
+    fn set(&self) {
+        if let Ok(mut set) = self.set.lock() {
+            *set = true;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits until it is set, or `limit` has passed; true if it is set.
+    pub(super) fn wait(&self, limit: Duration) -> bool {
+        let Ok(set) = self.set.lock() else {
+            return false;
+        };
+        self.changed
+            .wait_timeout_while(set, limit, |set| !*set)
+            .is_ok_and(|(set, _)| *set)
+    }
 }
 
 /// The writer thread's state.
@@ -129,11 +155,7 @@ impl Writer {
         let shared = self.shared.clone();
         self.segments.finish();
         drop(self);
-        let (stopped, changed) = &shared.stopped;
-        if let Ok(mut stopped) = stopped.lock() {
-            *stopped = true;
-        }
-        changed.notify_all();
+        shared.stopped.set();
         log::debug!("store writer stopped");
     }
 
