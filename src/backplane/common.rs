@@ -68,6 +68,27 @@ pub(super) async fn with_timeout<T>(
     }
 }
 
+/// The next batch from `queue`: what it holds once something is there
+/// (at most `max`); `None` once the queue is closed or `hub` shuts down.
+pub(super) async fn next_batch<T>(
+    queue: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+    max: usize,
+    hub: &Hub,
+) -> Option<Vec<T>> {
+    let first = tokio::select! {
+        item = queue.recv() => item?,
+        _ = hub.closed() => return None,
+    };
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match queue.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 /// A duration in whole milliseconds, as Redis takes it.
 pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

@@ -276,6 +276,67 @@ async fn cluster_fan_out_is_exact_and_channels_go_with_their_last_waiter() {
         .await;
 }
 
+/// How many times the primaries ran `command` since their last
+/// `CONFIG RESETSTAT`, from `INFO commandstats`.
+async fn calls(primaries: &[u16], command_name: &str) -> u64 {
+    let mut sum = 0;
+    for &port in primaries {
+        let stats: String = command(port, &["INFO", "commandstats"]).await.unwrap();
+        let prefix = format!("cmdstat_{command_name}:calls=");
+        sum += stats
+            .lines()
+            .filter_map(|line| line.strip_prefix(prefix.as_str()))
+            .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    sum
+}
+
+#[tokio::test]
+async fn cluster_concurrent_callbacks_share_a_wait_per_batch() {
+    let Some((redis, [app])) = cluster::<1>("cluster_callbacks_share_a_wait", &[]).await else {
+        return;
+    };
+    const PAYMENTS: usize = 200;
+    let primaries = redis.primaries().await;
+    for &port in &primaries {
+        command::<()>(port, &["CONFIG", "RESETSTAT"]).await.unwrap();
+    }
+    let streams = join_all((0..PAYMENTS).map(|i| {
+        let app = &app;
+        async move { app.push_pending(&payment(2_000 + i)).await }
+    }))
+    .await;
+    app.wait_for_metric("paypush_redis_channels_subscribed", PAYMENTS as f64)
+        .await;
+    // One subscription and one read per checkout.
+    assert_eq!(calls(&primaries, "ssubscribe").await, PAYMENTS as u64);
+    assert_eq!(calls(&primaries, "get").await, PAYMENTS as u64);
+
+    join_all((0..PAYMENTS).map(|i| {
+        let app = &app;
+        async move {
+            let (code, _) = callback_until_answered(app, &payment(2_000 + i), "SUCCESS").await;
+            assert_eq!(code, 200);
+        }
+    }))
+    .await;
+    for (i, mut stream) in streams.into_iter().enumerate() {
+        let event = stream.next_event().await.expect("the outcome");
+        assert!(event.data.contains(&payment(2_000 + i)), "{event:?}");
+    }
+    // Every callback ran its script (a retried one more than once), but
+    // they shared WAITs: a batch pays one per shard.
+    let scripts = calls(&primaries, "eval").await;
+    let waits = calls(&primaries, "wait").await;
+    assert!(scripts >= PAYMENTS as u64, "{scripts} scripts");
+    println!("{waits} WAITs for {scripts} scripts");
+    assert!(
+        waits > 0 && waits < scripts,
+        "{waits} WAITs for {scripts} scripts"
+    );
+}
+
 #[tokio::test]
 async fn cluster_replayed_nonce_is_refused_on_another_instance() {
     let secret = ["--callback-secret", "shared-secret"];

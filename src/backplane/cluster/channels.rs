@@ -7,19 +7,22 @@
 //! across an await; the hub's lock may be taken under it, never the
 //! reverse.
 //!
-//! Imports `connections` and `keys` of `cluster/`, and the backplane's
-//! leaves `common` and `errors`; never `cluster/mod.rs` nor the door.
+//! Imports `connections`, `keys` and `topology` of `cluster/`, and the
+//! backplane's leaves `common` and `errors`; never `cluster/mod.rs` nor
+//! the door.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::{stream, StreamExt};
 use prometheus::IntGauge;
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use tokio::sync::{mpsc, watch};
 
 use super::connections::Connections;
-use super::keys::channel;
-use crate::backplane::common::with_timeout;
+use super::keys::{channel, outcome_key, slot};
+use super::topology::Topology;
+use crate::backplane::common::{next_batch, with_timeout};
 use crate::backplane::errors::Unavailable;
 use crate::hub::Hub;
 use crate::model::PayRecordId;
@@ -37,6 +40,16 @@ enum Channel {
     Pending(watch::Receiver<()>),
 }
 
+/// What [`Channels::subscribe`] did.
+#[derive(Debug)]
+pub(super) enum Subscribed {
+    /// Subscribed now, and read the payment's outcome key in the same
+    /// pipeline, right after the subscription: what the key held.
+    AndRead(Option<String>),
+    /// Subscribed already: the outcome is yet to be read.
+    Already,
+}
+
 /// The channels subscribed or being (un)subscribed, and their gauge.
 pub(super) struct Channels {
     /// Locked for map operations only, never across an await; the hub's
@@ -47,15 +60,22 @@ pub(super) struct Channels {
     /// Whose pub/sub connection (un)subscribes; held here so a spawned
     /// subscription needs nothing else.
     connections: Arc<Connections>,
+    /// Which shard each slot is on: unsubscriptions go a pipeline per shard.
+    topology: Arc<Topology>,
 }
 
 impl Channels {
     /// No channel yet; `gauge` counts the subscribed ones.
-    pub(super) fn new(connections: Arc<Connections>, gauge: IntGauge) -> Channels {
+    pub(super) fn new(
+        connections: Arc<Connections>,
+        topology: Arc<Topology>,
+        gauge: IntGauge,
+    ) -> Channels {
         Channels {
             map: Mutex::new(HashMap::new()),
             gauge,
             connections,
+            topology,
         }
     }
 
@@ -64,15 +84,36 @@ impl Channels {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Sets (or with `None` removes) `id`'s entry in `channels`, the map
+    /// this holds locked, and keeps the gauge of subscribed ones.
+    fn set(
+        &self,
+        channels: &mut HashMap<PayRecordId, Channel>,
+        id: PayRecordId,
+        channel: Option<Channel>,
+    ) {
+        let now = matches!(channel, Some(Channel::Subscribed));
+        let before = match channel {
+            Some(channel) => channels.insert(id, channel),
+            None => channels.remove(&id),
+        };
+        match (matches!(before, Some(Channel::Subscribed)), now) {
+            (false, true) => self.gauge.inc(),
+            (true, false) => self.gauge.dec(),
+            _ => {}
+        }
+    }
+
     /// Whether `id`'s channel counts as subscribed (confirmed, nothing in
     /// flight).
     pub(super) fn is_subscribed(&self, id: PayRecordId) -> bool {
         matches!(self.lock().get(&id), Some(Channel::Subscribed))
     }
 
-    /// `SSUBSCRIBE`s to `id`'s channel, confirmed on return; unless it is
-    /// subscribed already and `again` is false. Waits for an (un)subscription
-    /// of the same channel in flight first.
+    /// `SSUBSCRIBE`s to `id`'s channel, confirmed on return, and reads its
+    /// outcome key right after in the same pipeline; unless it is
+    /// subscribed already and `again` is false. Waits for an
+    /// (un)subscription of the same channel in flight first.
     ///
     /// The `SSUBSCRIBE` runs in a task of its own, which records its answer
     /// in the map before it drops the entry's `done` sender: a request
@@ -83,18 +124,18 @@ impl Channels {
         self: &Arc<Self>,
         id: PayRecordId,
         again: bool,
-    ) -> Result<(), Unavailable> {
+    ) -> Result<Subscribed, Unavailable> {
         loop {
             let next = {
                 let mut channels = self.lock();
                 match channels.get(&id) {
-                    Some(Channel::Subscribed) if !again => return Ok(()),
+                    Some(Channel::Subscribed) if !again => return Ok(Subscribed::Already),
                     Some(Channel::Pending(in_flight)) if in_flight.has_changed().is_ok() => {
                         Err(in_flight.clone())
                     }
                     _ => {
                         let (done, pending) = watch::channel(());
-                        channels.insert(id, Channel::Pending(pending));
+                        self.set(&mut channels, id, Some(Channel::Pending(pending)));
                         Ok(done)
                     }
                 }
@@ -106,7 +147,8 @@ impl Channels {
                     let task = tokio::spawn(async move { channels.subscribe_now(id, done).await });
                     return task
                         .await
-                        .unwrap_or_else(|e| Err(Unavailable(format!("subscription failed: {e}"))));
+                        .unwrap_or_else(|e| Err(Unavailable(format!("subscription failed: {e}"))))
+                        .map(Subscribed::AndRead);
                 }
                 // Fails once that is answered: its sender is gone.
                 Err(mut in_flight) => {
@@ -120,23 +162,32 @@ impl Channels {
         &self,
         id: PayRecordId,
         done: watch::Sender<()>,
-    ) -> Result<(), Unavailable> {
+    ) -> Result<Option<String>, Unavailable> {
         let result = self.send_subscribe(id).await;
         {
             let mut channels = self.lock();
             match result {
-                Ok(()) => channels.insert(id, Channel::Subscribed),
-                Err(_) => channels.remove(&id),
-            };
-            self.update_gauge(&channels);
+                Ok(_) => self.set(&mut channels, id, Some(Channel::Subscribed)),
+                Err(_) => self.set(&mut channels, id, None),
+            }
         }
         drop(done);
         result
     }
 
-    async fn send_subscribe(&self, id: PayRecordId) -> Result<(), Unavailable> {
+    /// `SSUBSCRIBE` then `GET` of the outcome key, one pipeline to the
+    /// slot's primary: the read sees every outcome not published to us.
+    async fn send_subscribe(&self, id: PayRecordId) -> Result<Option<String>, Unavailable> {
         let mut pubsub = self.connections.pubsub().await?;
-        with_timeout(pubsub.ssubscribe(channel(id))).await
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("SSUBSCRIBE")
+            .arg(channel(id))
+            .ignore()
+            .cmd("GET")
+            .arg(outcome_key(id));
+        let (value,): (Option<String>,) = with_timeout(pipeline.query_async(&mut pubsub)).await?;
+        Ok(value)
     }
 
     /// `SUNSUBSCRIBE`s the channels of `ids` that no local waiter needs,
@@ -160,12 +211,12 @@ impl Channels {
                     // state on Redis is unknown, so unsubscribe to be sure.
                     Some(Channel::Subscribed) => {
                         let (done, pending) = watch::channel(());
-                        channels.insert(id, Channel::Pending(pending));
+                        self.set(&mut channels, id, Some(Channel::Pending(pending)));
                         leaving.push((id, done));
                     }
                     Some(Channel::Pending(done)) if done.has_changed().is_err() => {
                         let (done, pending) = watch::channel(());
-                        channels.insert(id, Channel::Pending(pending));
+                        self.set(&mut channels, id, Some(Channel::Pending(pending)));
                         leaving.push((id, done));
                     }
                     Some(Channel::Pending(done)) => {
@@ -184,24 +235,40 @@ impl Channels {
             self.forget(leaving.into_iter().map(|(id, _)| id));
             return;
         };
-        let left: Vec<PayRecordId> = stream::iter(leaving)
-            .map(|(id, done)| {
+        // A pipeline per shard (per slot while the shards are unknown).
+        let mut by_shard: HashMap<u32, Vec<(PayRecordId, watch::Sender<()>)>> = HashMap::new();
+        for (id, done) in leaving {
+            let shard = self
+                .topology
+                .shard_of(slot(id))
+                .map_or((u32::from(slot(id)) + 1) << 16, u32::from);
+            by_shard.entry(shard).or_default().push((id, done));
+        }
+        let left: Vec<Vec<PayRecordId>> = stream::iter(by_shard.into_values())
+            .map(|group| {
                 let mut pubsub = pubsub.clone();
                 async move {
-                    // A failure leaves it on a connection that is gone, or
-                    // subscribed with nobody waiting: harmless, and
-                    // counted out either way.
-                    if let Err(e) = with_timeout(pubsub.sunsubscribe(channel(id))).await {
-                        log::debug!("cannot unsubscribe from {id}: {}", e.0);
+                    let mut pipeline = redis::pipe();
+                    for (id, _) in &group {
+                        pipeline.cmd("SUNSUBSCRIBE").arg(channel(*id)).ignore();
                     }
-                    drop(done);
-                    id
+                    let first = group.first().map_or(0, |(id, _)| slot(*id));
+                    let route =
+                        SingleNodeRoutingInfo::SpecificNode(Route::new(first, SlotAddr::Master));
+                    // A failure leaves them on a connection that is gone, or
+                    // subscribed with nobody waiting: harmless, and counted
+                    // out either way.
+                    let sent = pubsub.route_pipeline(&pipeline, 0, pipeline.len(), route);
+                    if let Err(e) = with_timeout(sent).await {
+                        log::debug!("cannot unsubscribe from {} channels: {}", group.len(), e.0);
+                    }
+                    group.into_iter().map(|(id, _done)| id).collect()
                 }
             })
             .buffer_unordered(PIPELINE_DEPTH)
             .collect()
             .await;
-        self.forget(left.into_iter());
+        self.forget(left.into_iter().flatten());
     }
 
     /// Drops the entries of channels whose unsubscription was answered
@@ -211,19 +278,9 @@ impl Channels {
         for id in ids {
             if matches!(channels.get(&id), Some(Channel::Pending(done)) if done.has_changed().is_err())
             {
-                channels.remove(&id);
+                self.set(&mut channels, id, None);
             }
         }
-        self.update_gauge(&channels);
-    }
-
-    fn update_gauge(&self, channels: &HashMap<PayRecordId, Channel>) {
-        let subscribed = channels
-            .values()
-            .filter(|c| matches!(c, Channel::Subscribed))
-            .count();
-        self.gauge
-            .set(i64::try_from(subscribed).unwrap_or(i64::MAX));
     }
 }
 
@@ -236,19 +293,7 @@ pub(super) async fn unsubscribe_forever(
     mut idle: mpsc::UnboundedReceiver<PayRecordId>,
     retry: mpsc::UnboundedSender<PayRecordId>,
 ) {
-    loop {
-        let first = tokio::select! {
-            id = idle.recv() => id,
-            _ = hub.closed() => return,
-        };
-        let Some(first) = first else { return };
-        let mut batch = vec![first];
-        while batch.len() < PIPELINE_DEPTH {
-            match idle.try_recv() {
-                Ok(id) => batch.push(id),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut idle, PIPELINE_DEPTH, &hub).await {
         channels.unsubscribe(&hub, batch, &retry).await;
     }
 }

@@ -93,9 +93,14 @@ impl Connections {
         self.command_connection(turn).await
     }
 
-    async fn command_connection(&self, turn: usize) -> Result<ClusterConnection, Unavailable> {
+    /// Command connection `turn` (modulo their number).
+    pub(super) async fn command_connection(
+        &self,
+        turn: usize,
+    ) -> Result<ClusterConnection, Unavailable> {
         let connection = with_timeout(
-            self.commands[turn].get_or_try_init(|| self.commands_client.get_async_connection()),
+            self.commands[turn % self.commands.len()]
+                .get_or_try_init(|| self.commands_client.get_async_connection()),
         )
         .await?;
         Ok(connection.clone())

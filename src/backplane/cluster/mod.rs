@@ -6,15 +6,18 @@
 //!   records (`SET NX PX`) and `SPUBLISH`es atomically on the slot's primary.
 //! - Where the shard has an online replica, a recorded outcome is answered
 //!   only after `WAIT 1` says a replica has it (failover loses no `200`);
-//!   a timeout is a `503`. `WAIT` blocks its connection on the Redis side,
-//!   so callbacks spread over
-//!   [`COMMAND_CONNECTIONS`](connections::COMMAND_CONNECTIONS) connections.
+//!   a timeout is a `503`. Callbacks are committed in batches (the group
+//!   commit of replication): a worker per command connection
+//!   ([`COMMAND_CONNECTIONS`](connections::COMMAND_CONNECTIONS)) takes
+//!   every script that queued while all were busy, and sends them as one
+//!   pipeline per shard that ends with one `WAIT`, so that `WAIT` runs on
+//!   the node that ran them (see `commits`).
 //! - A waiter registers in the hub first; then its payment's channel is
 //!   `SSUBSCRIBE`d (confirmed: RESP3 gives the `ssubscribe` reply) unless
-//!   it already is; only then is the outcome read, so no callback slips in
-//!   between. The hub says when a payment has no waiter left; the channel
-//!   is then `SUNSUBSCRIBE`d. Concurrent (un)subscriptions are pipelined on
-//!   one connection per node, so a burst of checkouts costs few round trips.
+//!   it already is, with a `GET` of its outcome key in the same pipeline
+//!   right after, so no callback slips in between. The hub says when a
+//!   payment has no waiter left; the channel is then `SUNSUBSCRIBE`d, the
+//!   channels that went idle together in one pipeline per shard.
 //! - A dropped node connection, a failed subscription or a channel the
 //!   server unsubscribed (its slot moved) marks the subscriber broken: every
 //!   locally waiting payment is subscribed again (one `SSUBSCRIBE` per
@@ -36,14 +39,18 @@
 //!   their hash slots;
 //! - `connections`: the command, pub/sub and probe connections, opened on
 //!   first use, and the read of a recorded outcome;
-//! - `topology`: the shards and their live replicas (`CLUSTER SHARDS`),
-//!   the `WAIT` for a replica, the per-shard readiness probes;
+//! - `topology`: the shards, the slots each holds and their live replicas
+//!   (`CLUSTER SHARDS`), the `WAIT` for a replica, the per-shard readiness
+//!   probes;
+//! - `commits`: the callbacks' record scripts, committed in batches with
+//!   one `WAIT` per shard;
 //! - `channels`: the per-payment channel map and its gauge, `SSUBSCRIBE`
-//!   and `SUNSUBSCRIBE`;
+//!   (with the read of the outcome) and `SUNSUBSCRIBE`;
 //! - `recovery`: the push listener, breaks, and the resubscription and
 //!   catch-up after each.
 
 mod channels;
+mod commits;
 mod connections;
 mod keys;
 mod nodes;
@@ -51,7 +58,7 @@ mod recovery;
 mod topology;
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntGauge};
@@ -64,7 +71,8 @@ use super::common::{
 use super::errors::{RecordError, Unavailable};
 use crate::hub::Hub;
 use crate::model::{Outcome, PayRecordId};
-use channels::Channels;
+use channels::{Channels, Subscribed};
+use commits::Commits;
 use connections::Connections;
 use keys::{channel, outcome_key, slot};
 pub(crate) use nodes::RedisNodes;
@@ -74,7 +82,9 @@ use topology::Topology;
 /// Records an outcome unless one exists and publishes it (sharded) only if
 /// recorded. Returns nil when it recorded, else the value already recorded,
 /// which it writes again unchanged so that `WAIT` also covers a duplicate:
-/// `WAIT` only counts this connection's own writes.
+/// `WAIT` only counts this connection's own writes. Sent with `EVAL`, so a
+/// pipeline never meets `NOSCRIPT` (Redis caches it by its digest all the
+/// same).
 const RECORD_SCRIPT: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   redis.call('SPUBLISH', ARGV[3], ARGV[4])
@@ -92,7 +102,8 @@ pub(super) struct Cluster {
     connections: Arc<Connections>,
     /// Taken by the listener task when it starts.
     pushes: Mutex<Option<mpsc::UnboundedReceiver<PushInfo>>>,
-    record: redis::Script,
+    /// The callbacks' batches; set by [`Cluster::start`].
+    commits: OnceLock<Commits>,
     outcome_ttl: Duration,
     channels: Arc<Channels>,
     recovery: Arc<Recovery>,
@@ -126,15 +137,20 @@ impl Cluster {
     ) -> Result<Cluster, Unavailable> {
         let (connections, pushes) = Connections::new(nodes)?;
         let connections = Arc::new(connections);
+        let topology = Arc::new(Topology::new());
         Ok(Cluster {
             nodes: nodes.urls().len(),
-            channels: Arc::new(Channels::new(connections.clone(), metrics.channels)),
+            channels: Arc::new(Channels::new(
+                connections.clone(),
+                topology.clone(),
+                metrics.channels,
+            )),
             connections,
             pushes: Mutex::new(Some(pushes)),
-            record: redis::Script::new(RECORD_SCRIPT),
+            commits: OnceLock::new(),
             outcome_ttl,
             recovery: Arc::new(Recovery::new(metrics.messages)),
-            topology: Arc::new(Topology::new()),
+            topology,
         })
     }
 
@@ -146,6 +162,9 @@ impl Cluster {
     /// Starts the listener, the recovery and unsubscribe tasks, and the
     /// topology reader; they run until `hub` shuts down.
     pub(super) fn start(self: &Arc<Self>, hub: &Hub) {
+        let _ = self
+            .commits
+            .set(Commits::start(&self.connections, &self.topology, hub));
         let (idle_sender, idle) = mpsc::unbounded_channel();
         hub.notify_idle(idle_sender.clone());
         let pushes = self.pushes.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -177,10 +196,10 @@ impl Cluster {
         self.recovery.start();
     }
 
-    /// Runs the record script and hands what Redis now holds to this
-    /// instance's waiters at once (the other instances' got it by `SPUBLISH`
-    /// already: neither waits for the replica), then, where the shard has a
-    /// replica, waits until one has it before the callback may be answered.
+    /// Runs the record script in the next batch of a command connection,
+    /// which (where the shard has a replica) ends with a `WAIT` for one,
+    /// then hands what Redis now holds to this instance's waiters (the
+    /// instances with a waiter, this one too, got it by `SPUBLISH` already).
     /// Returns the outcome already recorded (`None`: this call recorded
     /// `outcome`) and how many local waiters it reached.
     pub(super) async fn record(
@@ -188,16 +207,23 @@ impl Cluster {
         hub: &Hub,
         outcome: &Outcome,
     ) -> Result<(Option<Outcome>, usize), RecordError> {
-        let mut commands = self.connections.commands().await?;
+        let commits = self
+            .commits
+            .get()
+            .ok_or_else(|| Unavailable("the Redis Cluster backplane is not started".into()))?;
         let id = outcome.pay_record_id;
-        let mut invocation = self.record.key(outcome_key(id));
-        invocation
+        let mut script = redis::cmd("EVAL");
+        script
+            .arg(RECORD_SCRIPT)
+            .arg(1)
+            .arg(outcome_key(id))
             .arg(encode_value(outcome))
             .arg(millis(self.outcome_ttl))
             .arg(channel(id))
             .arg(encode_message(outcome));
-        let existing: Option<String> = with_timeout(invocation.invoke_async(&mut commands)).await?;
-        let existing = existing
+        let committed = commits.commit(slot(id), script).await?;
+        let existing = committed
+            .existing
             .map(|value| {
                 decode_value(id, &value)
                     .ok_or_else(|| Unavailable(format!("unreadable outcome in Redis for {id}")))
@@ -208,25 +234,24 @@ impl Cluster {
         let conflict = existing
             .as_ref()
             .is_some_and(|e| e.status != outcome.status);
-        if !conflict
-            && !self
-                .topology
-                .wait_for_replica(&mut commands, slot(id))
-                .await?
-        {
+        if !conflict && !committed.replicated {
             return Err(RecordError::NoReplica);
         }
         Ok((existing, notified))
     }
 
     /// Subscribes to `id`'s channel (confirmed) unless it is already, then
-    /// reads its recorded outcome.
+    /// reads its recorded outcome (in the subscription's pipeline if it
+    /// sent one).
     pub(super) async fn recorded(&self, id: PayRecordId) -> Result<Option<Outcome>, Unavailable> {
-        if let Err(e) = self.channels.subscribe(id, false).await {
-            self.recovery.mark_broken();
-            return Err(e);
+        match self.channels.subscribe(id, false).await {
+            Ok(Subscribed::AndRead(value)) => Ok(value.and_then(|v| decode_value(id, &v))),
+            Ok(Subscribed::Already) => self.connections.read(id).await,
+            Err(e) => {
+                self.recovery.mark_broken();
+                Err(e)
+            }
         }
-        self.connections.read(id).await
     }
 
     /// The outcome recorded for `id`, if any, without subscribing.

@@ -114,7 +114,7 @@ async fn recover(
     connections.pubsub().await?;
     let waiting = hub.waiting_payments();
     let subscribed: Vec<Result<(), Unavailable>> = stream::iter(waiting.clone())
-        .map(|id| channels.subscribe(id, true))
+        .map(|id| async move { channels.subscribe(id, true).await.map(drop) })
         .buffer_unordered(PIPELINE_DEPTH)
         .collect()
         .await;

@@ -36,6 +36,10 @@ pub(super) struct Topology {
     /// Live replicas of each slot's shard, from `CLUSTER SHARDS`; `None`
     /// until first read (then every callback waits for a replica).
     replicas: Mutex<Option<Arc<[u8]>>>,
+    /// Which shard (an index into `CLUSTER SHARDS`) holds each slot, so
+    /// callbacks bound for one primary go in one pipeline; empty until first
+    /// read.
+    shards: Mutex<Arc<[u16]>>,
     /// One slot of each shard (from `CLUSTER SHARDS`), where readiness
     /// probes each shard's primary and replica.
     shard_slots: Mutex<Arc<[u16]>>,
@@ -46,8 +50,28 @@ impl Topology {
     pub(super) fn new() -> Topology {
         Topology {
             replicas: Mutex::new(None),
+            shards: Mutex::new(Arc::new([])),
             shard_slots: Mutex::new(Arc::new([])),
         }
+    }
+
+    /// Whether a write in `slot` must wait for a replica: its shard has an
+    /// online replica, or the shards are not known yet.
+    pub(super) fn needs_replica(&self, slot: u16) -> bool {
+        let replicas = self
+            .replicas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|replicas| replicas.get(usize::from(slot)).copied());
+        replicas != Some(0)
+    }
+
+    /// The shard that holds `slot`, as last read; `None` until the shards
+    /// are known.
+    pub(super) fn shard_of(&self, slot: u16) -> Option<u16> {
+        let shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        shards.get(usize::from(slot)).copied()
     }
 
     /// `WAIT 1` on the connection that wrote, where `slot`'s shard has an
@@ -57,23 +81,15 @@ impl Topology {
         commands: &mut ClusterConnection,
         slot: u16,
     ) -> Result<bool, Unavailable> {
-        let replicas = self
-            .replicas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|replicas| replicas[usize::from(slot)]);
-        if replicas == Some(0) {
+        if !self.needs_replica(slot) {
             return Ok(true);
         }
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(1).arg(millis(REPLICA_WAIT));
         let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
             slot,
             SlotAddr::Master,
         )));
-        let acknowledged = with_timeout(commands.route_command(&wait, route)).await?;
-        Ok(matches!(acknowledged, Value::Int(n) if n >= 1))
+        let acknowledged = with_timeout(commands.route_command(&wait_command(), route)).await?;
+        Ok(acknowledged_by_replica(&acknowledged))
     }
 
     /// Whether every shard is known and takes a probe write that (where it
@@ -124,11 +140,12 @@ impl Topology {
         shards_cmd.arg("SHARDS");
         let random = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
         let shards = with_timeout(commands.route_command(&shards_cmd, random)).await?;
-        let replicas = replicas_per_slot(&shards)
-            .ok_or_else(|| Unavailable("unreadable CLUSTER SHARDS".into()))?;
-        let shard_slots =
-            first_slots(&shards).ok_or_else(|| Unavailable("unreadable CLUSTER SHARDS".into()))?;
+        let unreadable = || Unavailable("unreadable CLUSTER SHARDS".into());
+        let replicas = replicas_per_slot(&shards).ok_or_else(unreadable)?;
+        let shard_of_slot = shard_per_slot(&shards).ok_or_else(unreadable)?;
+        let shard_slots = first_slots(&shards).ok_or_else(unreadable)?;
         *self.replicas.lock().unwrap_or_else(|p| p.into_inner()) = Some(replicas);
+        *self.shards.lock().unwrap_or_else(|p| p.into_inner()) = shard_of_slot;
         *self.shard_slots.lock().unwrap_or_else(|p| p.into_inner()) = shard_slots;
         Ok(())
     }
@@ -152,6 +169,19 @@ pub(super) async fn read_forever(topology: Arc<Topology>, connections: Arc<Conne
             _ = hub.closed() => return,
         }
     }
+}
+
+/// `WAIT 1` for [`REPLICA_WAIT`]: until one replica has every write this
+/// connection made on its node.
+pub(super) fn wait_command() -> redis::Cmd {
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(1).arg(millis(REPLICA_WAIT));
+    wait
+}
+
+/// Whether a `WAIT 1`'s answer says a replica acknowledged.
+pub(super) fn acknowledged_by_replica(answer: &Value) -> bool {
+    matches!(answer, Value::Int(n) if *n >= 1)
 }
 
 /// A map's fields, whether RESP3 sent a map or RESP2 a flat array.
@@ -188,6 +218,26 @@ fn first_slots(shards: &Value) -> Option<Arc<[u16]>> {
         }
     }
     Some(first.into())
+}
+
+/// From `CLUSTER SHARDS`: the shard (its index there) of every slot;
+/// `u16::MAX` for a slot no shard serves.
+fn shard_per_slot(shards: &Value) -> Option<Arc<[u16]>> {
+    let Value::Array(shards) = shards else {
+        return None;
+    };
+    let mut of_slot = vec![u16::MAX; SLOTS];
+    for (index, shard) in shards.iter().enumerate() {
+        let shard = fields(shard);
+        let slots: Vec<usize> = redis::from_redis_value(field(&shard, "slots")?).ok()?;
+        let index = u16::try_from(index).ok()?;
+        for range in slots.chunks(2) {
+            if let [start, end] = range {
+                of_slot.get_mut(*start..=*end)?.fill(index);
+            }
+        }
+    }
+    Some(of_slot.into())
 }
 
 /// From `CLUSTER SHARDS`: how many replicas of each slot's shard are not
