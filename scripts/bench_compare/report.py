@@ -423,12 +423,48 @@ def render_scaleout(runs):
           "instance that does not hold the stream). *redis3*: one redis-server, "
           "`--redis-url` (one channel that every instance hears); *cluster3*: 3 primaries "
           "and 3 replicas on this machine, `--redis-cluster` (a channel per waiting "
-          "payment, `WAIT 1` before each `200`). Redis's own CPU is not counted; it "
-          "shares the machine's cores with the instances and the load generator.")
+          "payment, a `WAIT 1` after each batch of callbacks before their `200`). Redis's "
+          "CPU is not in paypush's figures (the shards table below gives it); it shares the "
+          "machine's cores with the instances and the load generator.")
     out()
     out("| figure | redis3 | cluster3 |")
     out("|---|---:|---:|")
     for name, cell in rows:
         out(f"| {name} | {cell('redis3')} | {cell('cluster3')} |")
+    shards = [(n, f"cluster{n}") for n in (1, 2, 3)
+              if any(r["label"].startswith(f"cluster{n}/tput-stream/") for r in runs)]
+    if len(shards) > 1:
+        lines.extend(render_shards(shards, med, fmt))
 
     return "\n".join(lines) + "\n"
+
+
+def render_shards(shards, med, fmt):
+    """How callbacks/s and CPU per checkout go with 1, 2 and 3 shards, and
+    what a 30-shard cluster would carry by these figures."""
+    def per_checkout(key):
+        return lambda r: r[key] / r["callbacks_ok"] * 1e6 if r.get(key) is not None \
+            and r["callbacks_ok"] else None
+    lines = ["", "### Over 1, 2 and 3 shards", "",
+             "The same 3 instances and callbacks/s run on a cluster of 1, 2 and 3 shards, "
+             "each primary with a replica, all on this machine's cores. CPU per checkout is "
+             "over the whole run (its streams opening included), summed over the processes of "
+             "each kind. The last row divides 30 cores by the primaries' CPU per checkout: "
+             "what 30 shards would carry with each primary on a core of its own (and paypush "
+             "instances and replicas enough beside them).", "",
+             "| shards | callbacks/s with a stream | paypush CPU per callback | primaries' CPU "
+             "per checkout | replicas' CPU per checkout | 30 shards, a core each, by these "
+             "figures |", "|---:|---:|---:|---:|---:|---:|"]
+    def with_unit(v, spec, unit):
+        return "n/a" if v is None else f"{fmt(v, spec)} {unit}"
+    for n, kind in shards:
+        primaries = med(kind, "tput-stream", per_checkout("redis_primary_cpu_s"))
+        replicas = med(kind, "tput-stream", per_checkout("redis_replica_cpu_s"))
+        paypush = med(kind, "tput-stream", lambda r: r.get("server_cpu_us_per_callback"))
+        thirty = None if not primaries else 30 * 1e6 / primaries
+        lines.append(f"| {n} | {fmt(med(kind, 'tput-stream', lambda r: r['callbacks_per_second']), ',.0f')} "
+                     f"| {with_unit(paypush, '.1f', 'µs')} | {with_unit(primaries, '.1f', 'µs')} "
+                     f"| {with_unit(replicas, '.1f', 'µs')} "
+                     f"| {with_unit(thirty, ',.0f', 'checkouts/s')} |")
+    return lines
+

@@ -48,7 +48,9 @@ stream rows. Last, the store's own figures: the folder's size after 1 000 000 ca
 and the restart time with them on disk. With redis-server and redis-cli, the
 scale-out rows: 3 paypush instances on one Redis against 3 on a 3-primary,
 3-replica Redis Cluster (loopback ports 16380-16385 and their bus ports),
-with Redis commands and pub/sub messages per callback. All servers are
+with Redis commands and pub/sub messages per callback, and callbacks/s on
+clusters of 1 and 2 shards too, with the CPU per checkout of the primaries
+and the replicas. All servers are
 stopped at the end.
 Besides SSE, the long-poll (/status, nchan's longpoll) and WebSocket (/ws,
 nchan's websocket) transports get memory and latency rows: nchan runs on a

@@ -115,6 +115,11 @@ class RenderTest(unittest.TestCase):
         self.assertEqual(row(scale, "pub/sub messages received per callback")[1:],
                          ["3.00", "1.00"])
         self.assertEqual(row(scale, "outcomes lost / duplicated")[1:], ["1 / 0", "1 / 0"])
+        shards = scale.split("### Over 1, 2 and 3 shards", 1)[1]
+        self.assertEqual(row(shards, "1")[1:], ["5,000", "100.0 µs", "30.0 µs", "10.0 µs",
+                                                "1,000,000 checkouts/s"])
+        self.assertEqual(row(shards, "3")[1:], ["9,002", "n/a", "40.0 µs", "10.0 µs",
+                                                "750,000 checkouts/s"])
 
     def test_render_is_pure(self):
         before = copy.deepcopy(self.results)
