@@ -449,7 +449,7 @@ def render_shards(shards, med, fmt):
              "The same 3 instances and callbacks/s run on a cluster of 1, 2 and 3 shards, "
              "each primary with a replica, all on this machine's cores. CPU per checkout is "
              "over the whole run (its streams opening included), summed over the processes of "
-             "each kind. The last row divides 30 cores by the primaries' CPU per checkout: "
+             "each kind. The last column divides 30 cores by the primaries' CPU per checkout: "
              "what 30 shards would carry with each primary on a core of its own (and paypush "
              "instances and replicas enough beside them).", "",
              "| shards | callbacks/s with a stream | paypush CPU per callback | primaries' CPU "
