@@ -235,16 +235,8 @@ impl Channels {
             self.forget(leaving.into_iter().map(|(id, _)| id));
             return;
         };
-        // A pipeline per shard (per slot while the shards are unknown).
-        let mut by_shard: HashMap<u32, Vec<(PayRecordId, watch::Sender<()>)>> = HashMap::new();
-        for (id, done) in leaving {
-            let shard = self
-                .topology
-                .shard_of(slot(id))
-                .map_or((u32::from(slot(id)) + 1) << 16, u32::from);
-            by_shard.entry(shard).or_default().push((id, done));
-        }
-        let left: Vec<Vec<PayRecordId>> = stream::iter(by_shard.into_values())
+        let groups = self.topology.by_shard(leaving, |(id, _)| slot(*id));
+        let left: Vec<Vec<PayRecordId>> = stream::iter(groups)
             .map(|group| {
                 let mut pubsub = pubsub.clone();
                 async move {

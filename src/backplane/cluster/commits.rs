@@ -16,7 +16,6 @@
 //! Imports `connections` and `topology` of `cluster/`, and the backplane's
 //! leaves `common` and `errors`; never `cluster/mod.rs` nor the door.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::future::join_all;
@@ -114,26 +113,24 @@ async fn commit_forever(
         let connection = match connections.command_connection(turn).await {
             Ok(connection) => connection,
             Err(e) => {
-                for entry in batch {
-                    let _ = entry.answer.send(Err(Unavailable(e.0.clone())));
-                }
+                fail(batch, &e);
                 continue;
             }
         };
-        // Unknown shards: a pipeline per slot, which is always one node.
-        let mut by_shard: HashMap<u32, Vec<Entry>> = HashMap::new();
-        for entry in batch {
-            let shard = topology
-                .shard_of(entry.slot)
-                .map_or((u32::from(entry.slot) + 1) << 16, u32::from);
-            by_shard.entry(shard).or_default().push(entry);
-        }
         join_all(
-            by_shard
-                .into_values()
+            topology
+                .by_shard(batch, |entry| entry.slot)
+                .into_iter()
                 .map(|entries| commit_on_shard(connection.clone(), &topology, entries)),
         )
         .await;
+    }
+}
+
+/// Answers every entry with `e`.
+fn fail(entries: Vec<Entry>, e: &Unavailable) {
+    for entry in entries {
+        let _ = entry.answer.send(Err(Unavailable(e.0.clone())));
     }
 }
 
@@ -161,9 +158,7 @@ async fn commit_on_shard(
     let mut answers = match answers {
         Ok(answers) => answers,
         Err(e) => {
-            for entry in entries {
-                let _ = entry.answer.send(Err(Unavailable(e.0.clone())));
-            }
+            fail(entries, &e);
             return;
         }
     };

@@ -6,6 +6,7 @@
 //! Imports `connections` and `keys` of `cluster/`, and the backplane's
 //! leaves `common` and `errors`; never `cluster/mod.rs` nor the door.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,11 +68,28 @@ impl Topology {
         replicas != Some(0)
     }
 
-    /// The shard that holds `slot`, as last read; `None` until the shards
-    /// are known.
-    pub(super) fn shard_of(&self, slot: u16) -> Option<u16> {
-        let shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
-        shards.get(usize::from(slot)).copied()
+    /// `items` in groups that each go to one primary in one pipeline: by
+    /// shard, as last read; by slot while the shards are unknown.
+    pub(super) fn by_shard<T>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        slot_of: impl Fn(&T) -> u16,
+    ) -> Vec<Vec<T>> {
+        let shards = self
+            .shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut groups: HashMap<u32, Vec<T>> = HashMap::new();
+        for item in items {
+            let slot = slot_of(&item);
+            // Slot keys start above every shard index.
+            let group = shards
+                .get(usize::from(slot))
+                .map_or((u32::from(slot) + 1) << 16, |&shard| u32::from(shard));
+            groups.entry(group).or_default().push(item);
+        }
+        groups.into_values().collect()
     }
 
     /// `WAIT 1` on the connection that wrote, where `slot`'s shard has an
