@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::{self, Either, Ready};
+use futures_util::FutureExt;
 use tokio::sync::Notify;
 use warp::http::{Request, Version};
 use warp::reply::{Reply, Response};
@@ -104,12 +105,15 @@ where
         self.streams.changed.notify_waiters();
         let guard = StreamGuard(self.streams.clone(), self.all_streams.clone());
         let deadline = self.deadline;
-        tokio::spawn(async move {
-            if tokio::time::timeout(deadline, stream).await.is_err() {
+        // A combinator, not an `async` block: a block would keep room for
+        // the captured stream beside the `Timeout` that owns it, twice a
+        // stream's size in every waiting stream's task.
+        tokio::spawn(tokio::time::timeout(deadline, stream).map(move |ended| {
+            if ended.is_err() {
                 log::debug!("an HTTP/2 stream made no progress for {deadline:?}; reset");
             }
             drop(guard);
-        });
+        }));
     }
 }
 

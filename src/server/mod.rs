@@ -38,11 +38,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_http::set_header::SetResponseHeaderLayer;
 use warp::http::{header, HeaderValue};
 
@@ -290,7 +290,11 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
                 return;
             };
             let io = TokioIo::new(io);
-            let service = TowerToHyperService::new(service);
+            // Each request's future boxed: an HTTP/2 stream's task then
+            // keeps a pointer for it (freed once the response has started)
+            // instead of room for the service stack and the request, for
+            // as long as the stream waits.
+            let service = service_fn(move |request| Box::pin(service.clone().oneshot(request)));
             match protocol {
                 Protocol::Http2 => {
                     let streams = Arc::new(OpenStreams::default());
