@@ -75,11 +75,9 @@ impl Topology {
         items: impl IntoIterator<Item = T>,
         slot_of: impl Fn(&T) -> u16,
     ) -> Vec<Vec<T>> {
-        let shards = self
-            .shards
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        // Held while grouping (no await, nothing slow): no copy of the
+        // 16 384-slot map per batch.
+        let shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
         let mut groups: HashMap<u32, Vec<T>> = HashMap::new();
         for item in items {
             let slot = slot_of(&item);
