@@ -3,6 +3,7 @@
 //! loopback ports, stopped when dropped.
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
@@ -88,17 +89,28 @@ impl RedisServer {
     }
 }
 
-/// A cluster node's bus port is its port + 10 000, at most 65 535.
-const MAX_NODE_PORT: u16 = 55_535;
+/// A cluster node's bus port is its port + 10 000.
+const BUS_PORT_OFFSET: u16 = 10_000;
+/// Cluster nodes' ports. They and their bus ports stay below the kernel's
+/// ephemeral range (32 768 and up by default), so no client socket of a
+/// test running beside can take one between the check and the start.
+const NODE_PORTS: std::ops::Range<u16> = 16_000..22_700;
+/// Ports a node may try before a test gives up.
+const NODE_START_ATTEMPTS: usize = 20;
 /// Short, so a failover takes a couple of seconds, not the default 15 s.
 const NODE_TIMEOUT_MS: &str = "1000";
 /// How long the cluster may take to form, or to fail over.
 pub(crate) const CLUSTER_PATIENCE: Duration = Duration::from_secs(30);
 
+/// A port of [`NODE_PORTS`] that is free, its bus port too; each call in
+/// this process gets another.
 fn free_node_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
     loop {
-        let port = crate::support::free_port();
-        if port <= MAX_NODE_PORT {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % NODE_PORTS.len() as u16;
+        let port = NODE_PORTS.start + offset;
+        if free(port) && free(port + BUS_PORT_OFFSET) {
             return port;
         }
     }
@@ -113,8 +125,19 @@ pub(crate) struct Node {
 }
 
 impl Node {
+    /// Starts a node, on another port if one was taken meanwhile.
     async fn start() -> Node {
-        let port = free_node_port();
+        for _ in 0..NODE_START_ATTEMPTS {
+            if let Some(node) = Node::try_start(free_node_port()).await {
+                return node;
+            }
+        }
+        panic!("redis-server did not start on any of {NODE_START_ATTEMPTS} ports");
+    }
+
+    /// `None` if the server exited before it answered: its port or its bus
+    /// port was taken between the check and the start.
+    async fn try_start(port: u16) -> Option<Node> {
         let dir = tempfile::tempdir().expect("a folder for nodes.conf");
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -129,20 +152,27 @@ impl Node {
             .kill_on_drop(true)
             .spawn()
             .expect("start redis-server");
-        let node = Node {
+        let mut node = Node {
             port,
             child: Some(child),
             _dir: dir,
         };
         let deadline = tokio::time::Instant::now() + PATIENCE;
         while command::<String>(port, &["PING"]).await.is_err() {
+            let exited = node
+                .child
+                .as_mut()
+                .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))));
+            if exited {
+                return None;
+            }
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "redis-server did not start"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        node
+        Some(node)
     }
 
     fn address(&self) -> String {
