@@ -58,15 +58,11 @@ impl RedisServer {
             .kill_on_drop(true)
             .spawn()
             .expect("start redis-server");
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while self.command::<String>(&["PING"]).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = self.child.insert(child);
+        assert!(
+            answers(self.port, child).await,
+            "redis-server did not start"
+        );
     }
 
     pub(crate) async fn stop(&mut self) {
@@ -107,13 +103,31 @@ pub(crate) const CLUSTER_PATIENCE: Duration = Duration::from_secs(30);
 fn free_node_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
-    loop {
+    for _ in NODE_PORTS {
         let offset = NEXT.fetch_add(1, Ordering::Relaxed) % NODE_PORTS.len() as u16;
         let port = NODE_PORTS.start + offset;
         if free(port) && free(port + BUS_PORT_OFFSET) {
             return port;
         }
     }
+    panic!("no free port for a cluster node in {NODE_PORTS:?}");
+}
+
+/// Waits until the `redis-server` on `port` answers: false if it exited
+/// first (its port was taken); panics after [`PATIENCE`].
+async fn answers(port: u16, child: &mut Child) -> bool {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while command::<String>(port, &["PING"]).await.is_err() {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return false;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "redis-server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 /// One `redis-server --cluster-enabled yes`.
@@ -139,7 +153,7 @@ impl Node {
     /// port was taken between the check and the start.
     async fn try_start(port: u16) -> Option<Node> {
         let dir = tempfile::tempdir().expect("a folder for nodes.conf");
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", "nodes.conf"])
@@ -152,27 +166,11 @@ impl Node {
             .kill_on_drop(true)
             .spawn()
             .expect("start redis-server");
-        let mut node = Node {
+        answers(port, &mut child).await.then(|| Node {
             port,
             child: Some(child),
             _dir: dir,
-        };
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while command::<String>(port, &["PING"]).await.is_err() {
-            let exited = node
-                .child
-                .as_mut()
-                .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))));
-            if exited {
-                return None;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Some(node)
+        })
     }
 
     fn address(&self) -> String {
