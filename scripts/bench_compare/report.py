@@ -380,6 +380,46 @@ def render_targets(by, syncs, waiting, flat_size):
         oks.append(ok)
         lines.append(f"| {rep} | {f2(a, ',.0f')} | {f2(b, ',.0f')} | {f2(ratio)} | {mark(ok)} |")
     lines += ["", tally(oks), ""]
+    return lines + render_floor(runs, reps, flat, tally)
+
+
+def render_floor(runs, reps, flat, tally):
+    """The design's floor (`tools/floor`) against nchan and `--in-memory`
+    in the runs the targets compare: what the fixed shape alone leaves of
+    the gap. Lines of markdown ([] without floor runs)."""
+    floor = {scenario: runs("floor", scenario) for scenario in ("latency-2000", flat, "tput-stream")}
+    if not any(floor.values()):
+        return []
+    others = {server: {scenario: runs(server, scenario) for scenario in floor}
+              for server in ("paypush-memory", "nchan")}
+
+    def cell(scenario, key, spec):
+        def value(r):
+            if r is None:
+                return None
+            return r["latency"][key] if key.endswith("_ms") else r.get(key)
+        values = [value(table[scenario].get(rep))
+                  for table in (floor, others["paypush-memory"], others["nchan"])]
+        return " / ".join("n/a" if v is None else format(v, spec) for v in values)
+
+    lines = ["**The design's floor**: `tools/floor`, the shape the design fixes (warp filters, a "
+             "shared map of oneshot senders, a `warp::sse` reply, one runtime thread) and nothing "
+             "else: no store, deadlines, limits, metrics or replay. The same runs; what it leaves "
+             "of the gap to nchan belongs to the shape, the rest to paypush's own work. Each cell: "
+             "floor / `--in-memory` / nchan.", "",
+             "| rep | p50 floor / memory / nchan (ms) | p99 (ms) | CPU per callback (µs) "
+             "| callbacks/s with a stream | outcomes lost |",
+             "|---|---:|---:|---:|---:|---:|"]
+    oks = []
+    for rep in reps:
+        f, n = floor["latency-2000"].get(rep), others["nchan"]["latency-2000"].get(rep)
+        oks.append(None if f is None or n is None else f["latency"]["p50_ms"] <= n["latency"]["p50_ms"])
+        lost = sum(r["lost"] for r in (table.get(rep) for table in floor.values()) if r)
+        lines.append(f"| {rep} | {cell('latency-2000', 'p50_ms', '.2f')} "
+                     f"| {cell('latency-2000', 'p99_ms', '.2f')} "
+                     f"| {cell(flat, 'server_cpu_us_per_callback', '.1f')} "
+                     f"| {cell('tput-stream', 'callbacks_per_second', ',.0f')} | {lost} |")
+    lines += ["", "The floor's p50 at or under nchan's: " + tally(oks), ""]
     return lines
 
 

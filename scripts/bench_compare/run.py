@@ -39,7 +39,11 @@ which also gets the flat-cost rows. Every paypush runs with --workers 1, as
 nchan.conf runs one nginx worker. A section first shows the targets of
 issue 26 in each repetition: --in-memory against nchan, the durable default
 against --in-memory plus that run's fdatasync p99 and the store thread's
-CPU, and the durable default's callbacks/s against nchan's.
+CPU, and the durable default's callbacks/s against nchan's; then the same
+figures for the design's floor (tools/floor: warp filters, a shared map of
+oneshot senders and a warp::sse reply, nothing else, on one thread), which
+runs in the latency row at 2 000/s, the flat-cost rows and callbacks/s with
+a stream.
 With Debian's pushpin, Pushpin is a second peer (scripts/bench_compare/
 pushpin.py: its stock message_rate limit off, the stream closed after its
 event, its memory and CPU summed over all its processes, its origin's not
@@ -171,6 +175,9 @@ class Bench:
             self.servers.append("paypush-redis")
         else:
             log("bench-compare: no redis-server, so no Redis-mode figures")
+        # The fixed design's shape alone (tools/floor), in the rows the
+        # targets compare: how much of a gap to nchan the shape itself leaves.
+        self.floor = ["floor"]
         # The other ways paypush keeps outcomes, measured where the store could matter.
         self.store_modes = ["paypush-process", "paypush-memory"]
         target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(repo, "target")
@@ -246,7 +253,7 @@ class Bench:
             for server in servers:
                 self.run(server, "mem-big", rep, "--streams", z["mem_big"], "--callbacks", 0)
             for rate in (1000, 2000, 5000):
-                modes = servers + store_modes if rate == 2000 else servers
+                modes = servers + store_modes + self.floor if rate == 2000 else servers
                 modes = modes + (peers if rate < 5000 else [])
                 for server in modes:
                     self.run(server, f"latency-{rate}", rep, *latency,
@@ -272,14 +279,14 @@ class Bench:
                 self.run(server, "mem-proxy", rep, "--streams", z["proxy_streams"],
                          "--callbacks", 0)
             for size in z["flat_sizes"]:
-                for server in servers + ["paypush-memory"]:
+                for server in servers + ["paypush-memory"] + self.floor:
                     self.run(server, f"flat-{size}", rep, "--streams", size,
                              "--callbacks", 1000, "--rate", 2000, "--deadline", "5s")
             for server in servers + store_modes:
                 self.run(server, "tput-nostream", rep, "--streams", 0,
                          "--callbacks", z["tput_callbacks"], "--duration", z["tput_duration"],
                          "--connections", 64)
-            for server in servers + store_modes + peers:
+            for server in servers + store_modes + peers + self.floor:
                 self.run(server, "tput-stream", rep, "--streams", z["tput_streams"],
                          "--callbacks", z["tput_streams"], "--connections", 64)
 
@@ -313,9 +320,9 @@ def main(argv):
     check_tools(nchan_conf_path, paypush_port)
 
     bench = Bench(repo, opts)
-    log_out("== building paypush and loadgen (release)")
+    log_out("== building paypush, loadgen and floor (release)")
     subprocess.run(["cargo", "build", "--release", "--bin", "paypush"], check=True)
-    subprocess.run(["cargo", "build", "--release", "-p", "loadgen"], check=True)
+    subprocess.run(["cargo", "build", "--release", "-p", "loadgen", "-p", "floor"], check=True)
     bench.prepare()
 
     scaleout_runs = []

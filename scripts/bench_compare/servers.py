@@ -1,6 +1,8 @@
 """The servers under test, started and stopped the same way every time:
 paypush (store on disk, `--durability process`, `--in-memory`, Redis mode),
-nginx + nchan, Pushpin (`pushpin.py`), HAProxy in front of paypush, and a redis-server of their own.
+nginx + nchan, Pushpin (`pushpin.py`), HAProxy in front of paypush, the
+design's floor (`tools/floor`: the fixed shape of paypush and nothing else,
+a yardstick for the targets), and a redis-server of their own.
 Each scenario runs on a freshly started server, in a fresh working
 directory, and everything listens on 127.0.0.1 only."""
 
@@ -171,6 +173,17 @@ class Servers:
                      "paypush-memory": ["--in-memory"]}[kind]
             shutil.rmtree(data, ignore_errors=True)
             self.start_paypush(flags + PAYPUSH_FLAGS, env_extra)
+            wait_for_port(self.paypush_port)
+        elif kind == "floor":
+            # Its address and its runtime threads: one, as paypush's --workers 1.
+            with self.log("floor.log") as out:
+                self.proc = subprocess.Popen(
+                    [os.path.join(os.path.dirname(self.paypush_bin), "floor"),
+                     f"127.0.0.1:{self.paypush_port}", "1"],
+                    cwd=tempfile.mkdtemp(prefix="run.", dir=self.work),
+                    stdout=out, stderr=subprocess.STDOUT)
+            self.pid = self.proc.pid
+            self.pids = str(self.pid)
             wait_for_port(self.paypush_port)
         elif kind == "paypush-redis":
             with self.log("redis.log") as out:

@@ -83,7 +83,7 @@ class RenderTest(unittest.TestCase):
     def test_the_targets_show_each_repetition_against_its_bound(self):
         targets = self.md.split("## Targets, in each repetition", 1)[1].split("## Every figure")[0]
         sections = targets.split("\n\n**")[1:]
-        self.assertEqual(len(sections), 3)
+        self.assertEqual(len(sections), 4)
         self.assertTrue(sections[0].startswith("`--in-memory` against nchan"))
         # In-memory against nchan: rep 2's p50 and rep 3's CPU miss.
         self.assertEqual(row(sections[0], "1 |"), ["1", "0.40 / 0.70", "1.20 / 2.00", "30.0 / 35.0", "yes"])
@@ -102,6 +102,21 @@ class RenderTest(unittest.TestCase):
         self.assertEqual(row(sections[2], "2 |")[3:], ["1.14", "**no**"])
         self.assertEqual(row(sections[2], "3 |")[2:], ["n/a", "n/a", "n/a"])
         self.assertIn("met in 1 of 2 repetitions.", sections[2])
+        # The design's floor beside --in-memory and nchan: rep 2's p50 is over
+        # nchan's, rep 3 has no floor run; its lost outcomes are counted.
+        self.assertTrue(sections[3].startswith("The design's floor"))
+        self.assertEqual(row(sections[3], "1 |"),
+                         ["1", "0.60 / 0.40 / 0.70", "1.80 / 1.20 / 2.00", "25.0 / 30.0 / 35.0",
+                          "18,000 / n/a / 15,000", "0"])
+        self.assertEqual(row(sections[3], "2 |")[1], "0.90 / 0.90 / 0.84")
+        self.assertEqual(row(sections[3], "2 |")[5], "1")
+        self.assertEqual(row(sections[3], "3 |")[1:4], ["n/a / 0.50 / 0.63", "n/a / 1.00 / 1.80",
+                                                        "n/a / 40.0 / 35.0"])
+        self.assertIn("The floor's p50 at or under nchan's: met in 1 of 2 repetitions.", sections[3])
+
+    def test_no_floor_runs_no_floor_section(self):
+        self.results["runs"] = [r for r in self.results["runs"] if not r["label"].startswith("floor/")]
+        self.assertNotIn("The design's floor", render(self.results))
 
     def test_the_store_hub_and_scale_out_sections(self):
         self.assertEqual(row(self.md, "data folder size after them")[1],
