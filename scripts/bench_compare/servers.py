@@ -153,13 +153,18 @@ class Servers:
     def start_paypush(self, flags, env_extra, cwd=None, rust_log="warn", log="paypush.log"):
         """paypush on the benchmark's port, in a fresh working directory
         (nothing in the checkout) unless `cwd` is given."""
+        env = dict(os.environ, RUST_LOG=rust_log, **env_extra)
+        self.spawn([self.paypush_bin, "--bind", f"127.0.0.1:{self.paypush_port}", *flags],
+                   log, env, cwd)
+
+    def spawn(self, argv, log, env=None, cwd=None):
+        """A server process, its output in LOG, in a fresh working directory
+        (nothing in the checkout) unless `cwd` is given."""
         if cwd is None:
             cwd = tempfile.mkdtemp(prefix="run.", dir=self.work)
-        env = dict(os.environ, RUST_LOG=rust_log, **env_extra)
         with self.log(log) as out:
-            self.proc = subprocess.Popen(
-                [self.paypush_bin, "--bind", f"127.0.0.1:{self.paypush_port}", *flags],
-                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out,
+                                         stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
         self.pids = str(self.pid)
 
@@ -176,14 +181,8 @@ class Servers:
             wait_for_port(self.paypush_port)
         elif kind == "floor":
             # Its address and its runtime threads: one, as paypush's --workers 1.
-            with self.log("floor.log") as out:
-                self.proc = subprocess.Popen(
-                    [os.path.join(os.path.dirname(self.paypush_bin), "floor"),
-                     f"127.0.0.1:{self.paypush_port}", "1"],
-                    cwd=tempfile.mkdtemp(prefix="run.", dir=self.work),
-                    stdout=out, stderr=subprocess.STDOUT)
-            self.pid = self.proc.pid
-            self.pids = str(self.pid)
+            self.spawn([os.path.join(os.path.dirname(self.paypush_bin), "floor"),
+                        f"127.0.0.1:{self.paypush_port}", "1"], "floor.log")
             wait_for_port(self.paypush_port)
         elif kind == "paypush-redis":
             with self.log("redis.log") as out:
